@@ -1,0 +1,42 @@
+"""Loss-weighting and gradient-balancing methods, one private module each, behind a registry.
+
+``create_balancer(name, task_names, **hyperparameters)`` builds one; ``available()`` lists them
+with their family, cost and reference. The training loop only sees the
+:class:`~polytask.balancing.base.Balancer` contract and the
+:class:`~polytask.balancing.engine.GradientEngine`.
+"""
+
+from polytask.balancing import _dwa, _equal, _static, _uncertainty  # noqa: F401  (registration)
+from polytask.balancing.base import (
+    Balancer,
+    BalancerError,
+    Combination,
+    Needs,
+    StepInfo,
+    scatter_present,
+)
+from polytask.balancing.engine import EngineError, GradientEngine, StepOutput
+from polytask.balancing.registry import (
+    BalancerInfo,
+    available,
+    create_balancer,
+    get_balancer_class,
+    register_balancer,
+)
+
+__all__ = [
+    "Balancer",
+    "BalancerError",
+    "BalancerInfo",
+    "Combination",
+    "EngineError",
+    "GradientEngine",
+    "Needs",
+    "StepInfo",
+    "StepOutput",
+    "available",
+    "create_balancer",
+    "get_balancer_class",
+    "register_balancer",
+    "scatter_present",
+]

@@ -1,0 +1,366 @@
+"""The gradient engine: from a batch to ``.grad`` on every parameter, as the balancer asked.
+
+One object owns the forward pass, the masked task losses and whatever gradient information the
+balancer declared (:class:`~polytask.balancing.base.Needs`), computed once:
+
+``mode="jacobian"``
+    the per-task Jacobian of the shared parameters (``torchjd.autojac.jac``, batched backward,
+    ``chunk_size`` rows at a time).
+``mode="gramian"``
+    only ``J Jᵀ`` (``torchjd.autogram.Engine``, per-sample, never materialising ``J``). Enough for
+    every Gramian weighting; a balancer that needs ``J`` itself is refused.
+``mode="representation"``
+    the per-task gradients of the shared representation (the MGDA-UB trick): the balancer's
+    direction is then sent through the trunk in one backward pass.
+
+Task-specific parameters always receive the gradient of their own task's loss; the balancer decides
+the update of the shared part. Under torch.distributed two modes exist: ``exact`` reproduces the
+single-process update on the global batch (losses, Jacobians or Gramians are summed across ranks
+before the balancer sees them) and ``cheap`` averages the weights of the local balancers. Every
+incompatible combination raises :class:`EngineError` at construction, saying why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from polytask.balancing.base import Balancer, BalancerError, Combination, StepInfo
+from polytask.models.base import MultiTaskModel
+from polytask.tasks import Task
+
+__all__ = [
+    "Communicator",
+    "EngineError",
+    "EngineMode",
+    "GradientEngine",
+    "LocalCommunicator",
+    "StepOutput",
+]
+
+EngineMode = Literal["jacobian", "gramian", "representation"]
+DistMode = Literal["exact", "cheap"]
+
+
+class EngineError(ValueError):
+    """A combination of model, balancer and engine settings that cannot work."""
+
+
+class Communicator:
+    """Reductions across processes; the single-process version is the identity."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    def sum(self, t: Tensor) -> Tensor:
+        return t
+
+    def mean(self, t: Tensor) -> Tensor:
+        return t
+
+
+LocalCommunicator = Communicator
+
+
+@dataclass
+class StepOutput:
+    """What one step produced: detached losses (global under exact DDP), presence and weights."""
+
+    losses: Tensor
+    present: Tensor
+    counts: Tensor
+    weights: Tensor
+
+
+def _flat_cat(tensors: Sequence[Tensor], rows: int) -> Tensor:
+    return torch.cat([t.reshape(rows, -1) for t in tensors], dim=1)
+
+
+def _set_grads(params: Sequence[nn.Parameter], flat: Tensor) -> None:
+    offset = 0
+    for p in params:
+        n = p.numel()
+        g = flat[offset : offset + n].view_as(p).to(p.dtype)
+        p.grad = g.clone() if p.grad is None else p.grad + g
+        offset += n
+
+
+class GradientEngine:
+    """Computes what ``balancer`` needs and writes the resulting gradients into ``.grad``."""
+
+    def __init__(
+        self,
+        model: MultiTaskModel,
+        tasks: Sequence[Task],
+        balancer: Balancer,
+        *,
+        mode: EngineMode = "jacobian",
+        chunk_size: int | None = None,
+        communicator: Communicator | None = None,
+        dist_mode: DistMode = "exact",
+        seed: int = 0,
+        amp: bool = False,
+    ) -> None:
+        self.model = model
+        self.tasks = list(tasks)
+        self.balancer = balancer
+        self.mode = mode
+        self.chunk_size = chunk_size
+        self.comm = communicator or Communicator()
+        self.dist_mode = dist_mode
+        self.seed = seed
+        self.amp = amp
+        if [t.name for t in self.tasks] != model.task_names:
+            raise EngineError(
+                f"task order differs between the model {model.task_names} and the engine "
+                f"{[t.name for t in self.tasks]}"
+            )
+        if balancer.task_names != model.task_names:
+            raise EngineError(
+                f"balancer tasks {balancer.task_names} differ from model tasks {model.task_names}"
+            )
+        self._validate()
+        self.shared = model.shared_parameters()
+        self.task_params = {t: model.task_parameters(t) for t in model.task_names}
+        self._all_task_params = [p for ps in self.task_params.values() for p in ps]
+        self._autogram = None
+        if self._gradients != "none" and mode == "gramian":
+            from torchjd.autogram import Engine
+
+            self._autogram = Engine(*model.shared_modules(), batch_dim=0)
+
+    @property
+    def _gradients(self) -> str:
+        return self.balancer.needs.gradients
+
+    def _validate(self) -> None:
+        need = self._gradients
+        name = type(self.balancer).__name__
+        if self.mode not in ("jacobian", "gramian", "representation"):
+            raise EngineError(f"unknown engine mode {self.mode!r}")
+        if self.dist_mode not in ("exact", "cheap"):
+            raise EngineError(f"unknown distributed mode {self.dist_mode!r}")
+        if need == "none" and self.mode == "representation":
+            raise EngineError(
+                f"{name} uses loss values only: the representation mode would compute gradients it "
+                "never reads; use mode='jacobian' (the default, which costs nothing extra for "
+                "loss-based methods)"
+            )
+        if need == "jacobian" and self.mode == "gramian":
+            raise EngineError(
+                f"{name} needs the per-task gradients themselves, not only their Gramian; use "
+                "mode='jacobian' or mode='representation'"
+            )
+        if self.mode == "representation" and not self.model.supports_representation_grad:
+            raise EngineError(
+                f"{type(self.model).__name__} has no single shared representation (tasks exchange "
+                "features inside the trunk), so representation-level gradients would leave part "
+                "of the shared network untrained; use mode='jacobian' or 'gramian'"
+            )
+        distributed = self.comm.world_size > 1
+        if distributed and self.dist_mode == "exact" and need != "none":
+            if self.mode == "gramian":
+                raise EngineError(
+                    "exact DDP needs the Gramian of the global Jacobian, which is not the sum of the "
+                    "ranks' Gramians; use mode='jacobian', mode='representation' or "
+                    "dist_mode='cheap'"
+                )
+            if self.mode == "representation" and need == "jacobian":
+                raise EngineError(
+                    f"{name} needs the full representation Jacobian, which is split across ranks "
+                    "under DDP; use mode='jacobian' or dist_mode='cheap'"
+                )
+
+    # ------------------------------------------------------------------ helpers
+    def _generator(self, step: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+
+    def _sample_losses(
+        self, outputs: dict[str, Tensor], targets: dict[str, Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """``[B, T]`` per-sample losses divided by each task's label count, and the counts."""
+        cols, counts = [], []
+        for task in self.tasks:
+            per, count = task.sample_losses(outputs[task.name].float(), targets[task.name])
+            cols.append(per / max(count, 1))
+            counts.append(count)
+        device = cols[0].device
+        return torch.stack(cols, dim=1), torch.tensor(counts, dtype=torch.float64, device=device)
+
+    def forward_losses(
+        self, x: Tensor, targets: dict[str, Tensor]
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """Forward pass; returns per-sample losses, counts, and the representation if detached."""
+        device_type = x.device.type
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.amp):
+            if self.mode == "representation" and self._gradients != "none":
+                rep = self.model.encode(x)
+                rep_in = rep.detach().requires_grad_(True)
+                outputs = self.model.decode(rep_in, x)
+            else:
+                rep = rep_in = None
+                outputs = self.model(x)
+        per_sample, counts = self._sample_losses(outputs, targets)
+        return per_sample, counts, rep, rep_in
+
+    # ------------------------------------------------------------------ the step
+    def backward(self, x: Tensor, targets: dict[str, Tensor], step: int, epoch: int) -> StepOutput:
+        """Forward, losses, gradients: after this call every parameter's ``.grad`` is the update."""
+        per_sample, counts, rep, rep_in = self.forward_losses(x, targets)
+        local_losses = per_sample.sum(dim=0)
+        exact = self.comm.world_size > 1 and self.dist_mode == "exact"
+        global_counts = self.comm.sum(counts.clone())
+        present = global_counts > 0
+        if not bool(present.any()):
+            raise BalancerError(f"step {step}: no task has a label in this batch")
+        if exact:
+            # Surrogate losses: their value is the global mean loss, their gradient this rank's
+            # share of it, so summing gradients over ranks gives the global gradient exactly.
+            share = torch.where(present, counts / global_counts.clamp(min=1), 0.0).to(per_sample)
+            local_part = local_losses * share
+            global_losses = self.comm.sum(local_part.detach().clone())
+            losses = local_part + (global_losses - local_part).detach()
+        else:
+            losses = local_losses
+        info = StepInfo(
+            losses=losses,
+            present=present,
+            step=step,
+            epoch=epoch,
+            generator=self._generator(step),
+        )
+        if self._gradients == "none":
+            combination = self._loss_based(info)
+        elif self.mode == "gramian":
+            combination = self._gramian_based(info, per_sample)
+        else:
+            combination = self._jacobian_based(info, rep, rep_in)
+        self._reduce_parameter_grads(exact)
+        return StepOutput(
+            losses=losses.detach(),
+            present=present,
+            counts=global_counts,
+            weights=combination.weights.detach(),
+        )
+
+    def _loss_based(self, info: StepInfo) -> Combination:
+        combination = self.balancer.combine(info)
+        if combination.loss is None:
+            raise BalancerError(f"{type(self.balancer).__name__} returned no loss to backpropagate")
+        combination.loss.backward()
+        return combination
+
+    def _gramian_based(self, info: StepInfo, per_sample: Tensor) -> Combination:
+        assert self._autogram is not None
+        rows = per_sample[:, info.present]
+        batch, tp = rows.shape
+        full = self._autogram.compute_gramian(rows)  # [B*Tp, B*Tp], batch-major
+        gramian = full.reshape(batch, tp, batch, tp).sum(dim=(0, 2))
+        info.gramian = self.comm.sum(gramian)
+        combination = self.balancer.combine(info)
+        weights = self._weights_for_update(combination)
+        present_losses = info.losses[info.present]
+        torch.autograd.backward(
+            present_losses,
+            grad_tensors=weights[info.present].to(present_losses),
+            inputs=self.shared,
+            retain_graph=bool(self._all_task_params),
+        )
+        self._task_backward(present_losses)
+        return combination
+
+    def _jacobian_based(
+        self, info: StepInfo, rep: Tensor | None, rep_in: Tensor | None
+    ) -> Combination:
+        from torchjd.autojac import jac
+
+        present_losses = info.losses[info.present]
+        tp = int(info.present.sum())
+        targets: list[Tensor] = [rep_in] if rep_in is not None else list(self.shared)
+        if present_losses.requires_grad:
+            parts = jac(
+                present_losses, targets, retain_graph=True, parallel_chunk_size=self.chunk_size
+            )
+            jacobian = _flat_cat(parts, tp)
+        else:  # this rank holds no label of any present task: its share of J is zero
+            jacobian = torch.zeros(tp, sum(t.numel() for t in targets))
+        exact = self.comm.world_size > 1 and self.dist_mode == "exact"
+        if rep_in is None:
+            if exact:
+                jacobian = self.comm.sum(jacobian)
+            info.jacobian = jacobian
+            info.gramian = jacobian @ jacobian.T
+        else:
+            info.jacobian = jacobian
+            gramian = jacobian @ jacobian.T
+            info.gramian = self.comm.sum(gramian) if exact else gramian
+        combination = self.balancer.combine(info)
+        if combination.direction is not None and self.comm.world_size > 1 and not exact:
+            direction = self.comm.mean(combination.direction)
+        elif combination.direction is not None:
+            direction = combination.direction
+        else:
+            direction = self._weights_for_update(combination)[info.present].to(jacobian) @ jacobian
+        if not torch.isfinite(direction).all():
+            raise BalancerError(
+                f"{type(self.balancer).__name__} produced a non-finite update at step {info.step}"
+            )
+        if rep_in is None:
+            _set_grads(self.shared, direction)
+        else:
+            assert rep is not None
+            rep.backward(direction.view_as(rep).to(rep.dtype))
+        self._task_backward(present_losses)
+        return combination
+
+    def _weights_for_update(self, combination: Combination) -> Tensor:
+        weights = combination.weights.detach()
+        if self.comm.world_size > 1 and self.dist_mode == "cheap":
+            weights = self.comm.mean(weights.clone())
+        if not torch.isfinite(weights).all():
+            raise BalancerError(
+                f"{type(self.balancer).__name__} produced non-finite task weights {weights.tolist()}"
+            )
+        return weights
+
+    def _task_backward(self, present_losses: Tensor) -> None:
+        """Each task's own parameters get the gradient of that task's loss."""
+        params = [p for p in self._all_task_params]
+        if params and present_losses.requires_grad:
+            torch.autograd.backward(present_losses.sum(), inputs=params)
+
+    def _reduce_parameter_grads(self, exact: bool) -> None:
+        if self.comm.world_size == 1:
+            return
+        shared_done = exact and self._gradients != "none" and self.mode == "jacobian"
+        model_params = [p for p in self.model.parameters() if p.requires_grad]
+        shared_ids = {id(p) for p in self.shared}
+        for p in model_params:
+            if shared_done and id(p) in shared_ids:
+                continue
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            p.grad = self.comm.sum(p.grad) if exact else self.comm.mean(p.grad)
+        for p in self.balancer.parameters():
+            if p.requires_grad:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                p.grad = self.comm.mean(p.grad)
+
+    @torch.no_grad()
+    def after_step(self, x: Tensor, targets: dict[str, Tensor]) -> None:
+        """The extra forward some balancers ask for: losses on the same batch after the update."""
+        if not self.balancer.needs.after_step:
+            return
+        outputs = self.model(x)
+        per_sample, counts = self._sample_losses(outputs, targets)
+        global_counts = self.comm.sum(counts.clone())
+        losses = per_sample.sum(dim=0)
+        if self.comm.world_size > 1:
+            share = (counts / global_counts.clamp(min=1)).to(losses)
+            losses = self.comm.sum(losses * share)
+        self.balancer.after_step(losses, global_counts > 0)

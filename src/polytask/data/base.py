@@ -1,0 +1,174 @@
+"""In-memory multi-task data: one input tensor, one target tensor per task, and their tasks.
+
+Every loader in :mod:`polytask.data` returns :class:`Splits` of :class:`MultiTaskData`. The data sets
+this library targets fit in memory, so batches are index slices of tensors: no per-sample Python,
+no collate function, and a batch is identical on every run with the same generator seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from polytask.tasks import LabelError, Task
+
+__all__ = ["Batch", "DataError", "MultiTaskData", "Splits", "iterate_batches", "random_split"]
+
+Batch = tuple[Tensor, dict[str, Tensor]]
+
+
+class DataError(ValueError):
+    """Input data that cannot be used as it is; the message names the column, row or file."""
+
+
+@dataclass
+class MultiTaskData:
+    """Inputs ``[N, ...]`` and, per task, targets ``[N]`` or ``[N, k]`` with missing labels marked.
+
+    ``row_ids`` keeps each row's position in the source file so that errors and predictions can
+    point back to it after shuffling and splitting.
+    """
+
+    inputs: Tensor
+    targets: dict[str, Tensor]
+    tasks: list[Task]
+    name: str = "data"
+    row_ids: Tensor | None = None
+    info: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.row_ids is None:
+            self.row_ids = torch.arange(self.inputs.shape[0])
+
+    def __len__(self) -> int:
+        return int(self.inputs.shape[0])
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def subset(self, index: Tensor | Sequence[int]) -> MultiTaskData:
+        idx = torch.as_tensor(index, dtype=torch.long)
+        assert self.row_ids is not None
+        return MultiTaskData(
+            inputs=self.inputs[idx],
+            targets={k: v[idx] for k, v in self.targets.items()},
+            tasks=self.tasks,
+            name=self.name,
+            row_ids=self.row_ids[idx],
+            info=self.info,
+        )
+
+    def validate(self, split: str = "") -> MultiTaskData:
+        """Check shapes, dtypes and values; raise naming the task, row or split that is wrong."""
+        where = f"{self.name}{'/' + split if split else ''}"
+        n = len(self)
+        if not self.inputs.is_floating_point():
+            raise DataError(f"{where}: inputs must be floating point, got {self.inputs.dtype}")
+        finite = torch.isfinite(self.inputs.reshape(n, -1)).all(dim=1)
+        if not bool(finite.all()):
+            bad = int((~finite).nonzero()[0, 0])
+            assert self.row_ids is not None
+            raise DataError(
+                f"{where}: inputs contain NaN or inf at row {int(self.row_ids[bad])} "
+                f"({int((~finite).sum())} row(s) in all); impute or drop them first"
+            )
+        names = self.task_names
+        if len(set(names)) != len(names):
+            raise DataError(f"{where}: duplicate task names {names}")
+        for task in self.tasks:
+            if task.name not in self.targets:
+                raise DataError(f"{where}: no targets for task {task.name!r}")
+            y = self.targets[task.name]
+            if y.shape[0] != n:
+                raise DataError(
+                    f"{where}: task {task.name!r} has {y.shape[0]} targets for {n} inputs"
+                )
+            try:
+                task.validate_targets(y, where)
+            except LabelError as err:
+                raise DataError(str(err)) from None
+        extra = set(self.targets) - set(names)
+        if extra:
+            raise DataError(f"{where}: targets for unknown task(s) {sorted(extra)}")
+        return self
+
+    def label_counts(self) -> dict[str, int]:
+        return {t.name: int(t.label_mask(self.targets[t.name]).sum()) for t in self.tasks}
+
+
+@dataclass
+class Splits:
+    """Train / validation / test splits sharing one list of tasks."""
+
+    train: MultiTaskData
+    val: MultiTaskData
+    test: MultiTaskData
+    info: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def tasks(self) -> list[Task]:
+        return self.train.tasks
+
+    def validate(self) -> Splits:
+        for split, data in (("train", self.train), ("val", self.val), ("test", self.test)):
+            data.validate(split)
+        for name, count in self.train.label_counts().items():
+            if count == 0:
+                raise DataError(f"task {name!r} has no label in the training split")
+        return self
+
+    def fit_target_scalers(self) -> Splits:
+        """Fit regression scalers on the training split only (never on validation or test)."""
+        for task in self.tasks:
+            task.fit_target_scaler(self.train.targets[task.name])
+        return self
+
+
+def random_split(
+    data: MultiTaskData, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0
+) -> Splits:
+    """Shuffle rows with ``seed`` and cut them into train / val / test by ``fractions``."""
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise DataError(f"split fractions must be 3 non-negative numbers summing to 1: {fractions}")
+    n = len(data)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_train = round(fractions[0] * n)
+    n_val = round(fractions[1] * n)
+    return Splits(
+        train=data.subset(perm[:n_train]),
+        val=data.subset(perm[n_train : n_train + n_val]),
+        test=data.subset(perm[n_train + n_val :]),
+        info={"split": "random", "seed": seed, "fractions": list(fractions)},
+    )
+
+
+def iterate_batches(
+    data: MultiTaskData,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[Batch]:
+    """Yield ``(inputs, targets)`` index slices; under DDP each rank takes a disjoint shard.
+
+    The permutation is drawn from ``generator`` on every rank identically, then rank ``r`` takes
+    every ``world_size``-th batch-sized block, so the union of the ranks' batches is exactly the
+    single-process epoch (the last incomplete round is dropped under DDP to keep ranks in step).
+    """
+    n = len(data)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    global_batch = batch_size * world_size
+    stop = n - (n % global_batch) if (drop_last or world_size > 1) else n
+    for start in range(0, stop, global_batch):
+        block = order[start : start + global_batch]
+        idx = block[rank * batch_size : (rank + 1) * batch_size]
+        if idx.numel() == 0 or (drop_last and idx.numel() < batch_size):
+            continue
+        yield data.inputs[idx], {k: v[idx] for k, v in data.targets.items()}

@@ -1,0 +1,846 @@
+"""One self-contained ``report.html`` for a training run or for an experiment comparing runs.
+
+Why a single file: a report gets mailed, attached to an issue or opened from a cluster's scratch
+disk weeks later. Every figure is a PNG embedded as a base64 ``data:`` URI, the stylesheet is
+inline, and there is no script, font or stylesheet to fetch, so the file renders the same offline
+and after the run directory is gone.
+
+Why it reads files rather than live objects: the report is built from what the training loop wrote
+to disk (``metrics.csv``, ``weights.csv``, optional ``experts.csv``, ``results.json``,
+``config.yaml``; ``summary.json`` for an experiment). That is the record of the run; it works for
+runs made on another machine and for a run killed half-way, which gets a report of what exists
+with a visible note that it is incomplete. A file that is present but malformed (a required column
+missing) is an error naming the file and the column, never a silently empty plot.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from polytask.report import plots
+
+__all__ = [
+    "EXPERIMENT_FILE",
+    "EXPERTS_COLUMNS",
+    "METRICS_COLUMNS",
+    "REPORT_FILE",
+    "RESULTS_FILE",
+    "WEIGHTS_COLUMNS",
+    "render_report",
+    "write_report",
+]
+
+REPORT_FILE = "report.html"
+RESULTS_FILE = "results.json"
+EXPERIMENT_FILE = "summary.json"
+METRICS_FILE = "metrics.csv"
+WEIGHTS_FILE = "weights.csv"
+EXPERTS_FILE = "experts.csv"
+CONFIG_FILE = "config.yaml"
+
+METRICS_COLUMNS = ("epoch", "split", "task", "metric", "value")
+WEIGHTS_COLUMNS = ("step", "epoch", "task", "weight")
+EXPERTS_COLUMNS = ("epoch", "task", "expert", "weight")
+
+_RAW_POINTS_PER_TASK = 4000
+_RUN_LEVEL_CURVES = ("loss", "delta_m")
+_WARNING_PREFIX = "warning/"
+
+
+# --------------------------------------------------------------------------------------- public
+def write_report(directory: str | Path) -> Path:
+    """Write ``report.html`` into a run or experiment directory and return its path.
+
+    A directory with ``summary.json`` is an experiment (a comparison of runs); one with
+    ``results.json`` is a finished run; one with only ``metrics.csv`` is a run that has not finished
+    (or was killed) and is reported as incomplete.
+
+    Raises:
+        FileNotFoundError: the directory does not exist or holds none of those files.
+        ValueError: a file is malformed (the message names the file and what is wrong).
+    """
+    directory = Path(directory)
+    text = render_report(directory)
+    path = directory / REPORT_FILE
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def render_report(directory: str | Path) -> str:
+    """The HTML text :func:`write_report` writes, without writing it."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"report: {directory} is not a directory")
+    page = _Page()
+    if (directory / EXPERIMENT_FILE).is_file():
+        title = _render_experiment(page, directory)
+    elif (directory / RESULTS_FILE).is_file() or (directory / METRICS_FILE).is_file():
+        run = load_run(directory)
+        title = f"Run {run.name}"
+        _render_run(page, run, level=2, prefix="")
+    else:
+        raise FileNotFoundError(
+            f"report: {directory} is neither an experiment directory ({EXPERIMENT_FILE}) nor a run "
+            f"directory ({RESULTS_FILE}, or {METRICS_FILE} for an unfinished run)"
+        )
+    return page.document(title, source=directory)
+
+
+# ------------------------------------------------------------------------------------- reading
+@dataclass
+class RunData:
+    """What a run directory holds; ``None`` for a file that is not there."""
+
+    directory: Path
+    results: dict[str, Any] | None
+    metrics: pd.DataFrame | None
+    weights: pd.DataFrame | None
+    experts: pd.DataFrame | None
+    config: str | None
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        if self.results and self.results.get("name"):
+            return str(self.results["name"])
+        return self.directory.name
+
+    @property
+    def complete(self) -> bool:
+        return self.results is not None
+
+    @property
+    def best_epoch(self) -> int | None:
+        best = (self.results or {}).get("best_epoch")
+        return int(best) if isinstance(best, int | float) and math.isfinite(best) else None
+
+    def task_names(self) -> list[str]:
+        """Tasks in ``results.json`` order, then any others seen in the CSV files."""
+        names = [str(t["name"]) for t in (self.results or {}).get("tasks", []) if "name" in t]
+        for frame in (self.metrics, self.weights, self.experts):
+            if frame is not None:
+                names.extend(t for t in frame["task"].unique() if t)
+        return list(dict.fromkeys(names))
+
+    def task_info(self) -> dict[str, dict[str, Any]]:
+        return {str(t["name"]): t for t in (self.results or {}).get("tasks", []) if "name" in t}
+
+
+def load_run(directory: Path) -> RunData:
+    """Read a run directory's files; an absent file becomes ``None`` and is listed in ``missing``."""
+    results_path = directory / RESULTS_FILE
+    results = _read_json(results_path) if results_path.is_file() else None
+    missing: list[str] = []
+
+    def optional_csv(
+        name: str, reader: Any, *, truly_optional: bool = False
+    ) -> pd.DataFrame | None:
+        path = directory / name
+        if path.is_file():
+            frame: pd.DataFrame = reader(path)
+            return frame
+        if not truly_optional:
+            missing.append(name)
+        return None
+
+    metrics = optional_csv(METRICS_FILE, read_metrics)
+    weights = optional_csv(WEIGHTS_FILE, read_weights)
+    experts = optional_csv(EXPERTS_FILE, read_experts, truly_optional=True)
+    config_path = directory / CONFIG_FILE
+    config = (
+        config_path.read_text(encoding="utf-8", errors="replace") if config_path.is_file() else None
+    )
+    if config is None:
+        missing.append(CONFIG_FILE)
+    if results is None:
+        missing.insert(0, RESULTS_FILE)
+    return RunData(directory, results, metrics, weights, experts, config, missing)
+
+
+def read_metrics(path: Path) -> pd.DataFrame:
+    """``metrics.csv`` as a frame with int ``epoch``, str ``split/task/metric``, float ``value``."""
+    frame = _read_csv(path, METRICS_COLUMNS, numeric=("epoch", "value"))
+    frame = frame.dropna(subset=["epoch"])
+    frame["epoch"] = frame["epoch"].astype(int)
+    return frame
+
+
+def read_weights(path: Path) -> pd.DataFrame:
+    """``weights.csv`` with int ``step``/``epoch``, str ``task`` and float ``weight``."""
+    frame = _read_csv(path, WEIGHTS_COLUMNS, numeric=("step", "epoch", "weight"))
+    frame = frame.dropna(subset=["step", "epoch", "weight"])
+    frame[["step", "epoch"]] = frame[["step", "epoch"]].astype(int)
+    return frame.sort_values("step", kind="stable")
+
+
+def read_experts(path: Path) -> pd.DataFrame:
+    """``experts.csv`` with int ``epoch``, str ``task``/``expert`` and float ``weight``."""
+    frame = _read_csv(path, EXPERTS_COLUMNS, numeric=("epoch", "weight"))
+    frame = frame.dropna(subset=["epoch", "weight"])
+    frame["epoch"] = frame["epoch"].astype(int)
+    return frame
+
+
+def _read_csv(path: Path, columns: Sequence[str], *, numeric: Sequence[str]) -> pd.DataFrame:
+    """Read every column as text (an empty ``task`` stays ``""``), check the header, coerce numbers.
+
+    A zero-byte file (a run killed before its first row) reads as an empty frame. A row cut short
+    by a kill gets ``NaN`` where fields are missing; callers drop rows without their key numbers.
+    """
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame({c: pd.Series(dtype=float if c in numeric else str) for c in columns})
+    except pd.errors.ParserError as err:
+        raise ValueError(f"{path}: cannot be parsed as CSV: {err}") from err
+    frame.columns = [str(c).strip() for c in frame.columns]
+    for column in columns:
+        if column not in frame.columns:
+            raise ValueError(
+                f"{path}: missing required column {column!r} (expected header "
+                f"{','.join(columns)}; found {','.join(frame.columns)})"
+            )
+    frame = frame[list(columns)].copy()
+    for column in columns:
+        if column in numeric:
+            frame[column] = pd.to_numeric(frame[column], errors="coerce")
+        else:
+            frame[column] = frame[column].fillna("").astype(str).str.strip()
+    return frame
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+# ---------------------------------------------------------------------------------- formatting
+def _esc(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _finite(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def format_value(value: object) -> str:
+    """A metric value: 4 decimals in the usual range, 4 significant digits outside it."""
+    number = _finite(value)
+    if number is None:
+        return "—"
+    if number == 0:
+        return "0"
+    if 1e-3 <= abs(number) < 1e4:
+        return f"{number:.4f}"
+    return f"{number:.4g}"
+
+
+def format_delta_m(value: object) -> str:
+    """Δm in percent with its sign, e.g. ``+3.14%`` (worse than single-task) or ``-1.20%``."""
+    number = _finite(value)
+    return "—" if number is None else f"{number:+.2f}%"
+
+
+def format_seconds(value: object) -> str:
+    number = _finite(value)
+    if number is None:
+        return "—"
+    if number < 120:
+        return f"{number:.1f} s"
+    if number < 7200:
+        return f"{number / 60:.1f} min"
+    return f"{number / 3600:.2f} h"
+
+
+def _direction(higher_is_better: object) -> str:
+    if higher_is_better is True:
+        return " ↑"
+    if higher_is_better is False:
+        return " ↓"
+    return ""
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "section"
+
+
+# ------------------------------------------------------------------------------------ the page
+_CSS = """
+:root { --fg: #1f2328; --muted: #59636e; --line: #d1d9e0; --bg-soft: #f6f8fa;
+        --accent: #0969da; --warn-bg: #fff8c5; --warn-line: #d4a72c; }
+* { box-sizing: border-box; }
+body { margin: 0; color: var(--fg); background: #fff; line-height: 1.5;
+       font: 15px/1.5 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; }
+main { max-width: 1200px; margin: 0 auto; padding: 24px 32px 64px; }
+h1 { font-size: 1.8em; margin: 0 0 4px; }
+h2 { font-size: 1.4em; margin: 40px 0 12px; padding-bottom: 4px;
+     border-bottom: 1px solid var(--line); }
+h3 { font-size: 1.15em; margin: 28px 0 8px; }
+h4 { font-size: 1em; margin: 20px 0 6px; }
+a { color: var(--accent); text-decoration: none; }
+a:hover { text-decoration: underline; }
+.source { color: var(--muted); margin: 0 0 16px; font-size: 0.9em; word-break: break-all; }
+nav.toc { background: var(--bg-soft); border: 1px solid var(--line); border-radius: 6px;
+          padding: 8px 20px; margin: 16px 0 24px; }
+nav.toc h2 { border: 0; margin: 8px 0 4px; font-size: 1.1em; }
+nav.toc ul { margin: 0; padding-left: 20px; }
+nav.toc li.toc-3 { margin-left: 20px; font-size: 0.95em; }
+table { border-collapse: collapse; margin: 8px 0 16px; font-size: 0.92em; }
+th, td { border: 1px solid var(--line); padding: 4px 10px; text-align: left; }
+th { background: var(--bg-soft); font-weight: 600; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.best { background: #dafbe1; }
+dl.facts { display: grid; grid-template-columns: max-content auto; gap: 2px 16px; margin: 8px 0; }
+dl.facts dt { color: var(--muted); }
+dl.facts dd { margin: 0; }
+figure { margin: 12px 0 24px; }
+figure img { max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 4px; }
+figcaption { color: var(--muted); font-size: 0.88em; margin-top: 4px; }
+.note { background: var(--warn-bg); border: 1px solid var(--warn-line); border-radius: 6px;
+        padding: 8px 12px; margin: 12px 0; }
+.muted { color: var(--muted); }
+details { margin: 8px 0; }
+summary { cursor: pointer; color: var(--accent); }
+pre { background: var(--bg-soft); border: 1px solid var(--line); border-radius: 6px;
+      padding: 12px; overflow-x: auto; font-size: 0.85em; }
+"""
+
+
+class _Page:
+    """Collects HTML fragments and the headings for the table of contents."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.toc: list[tuple[int, str, str]] = []
+        self._ids: set[str] = set()
+
+    def heading(self, level: int, title: str, anchor: str) -> None:
+        anchor = _slug(anchor)
+        unique, n = anchor, 1
+        while unique in self._ids:
+            n += 1
+            unique = f"{anchor}-{n}"
+        self._ids.add(unique)
+        self.toc.append((level, unique, title))
+        self.parts.append(f'<h{level} id="{unique}">{_esc(title)}</h{level}>')
+
+    def add(self, fragment: str) -> None:
+        self.parts.append(fragment)
+
+    def note(self, text: str) -> None:
+        self.parts.append(f'<p class="note">{_esc(text)}</p>')
+
+    def muted(self, text: str) -> None:
+        self.parts.append(f'<p class="muted">{_esc(text)}</p>')
+
+    def figure(self, png: bytes, alt: str, caption: str = "") -> None:
+        data = base64.b64encode(png).decode("ascii")
+        cap = f"<figcaption>{_esc(caption)}</figcaption>" if caption else ""
+        self.parts.append(
+            f'<figure><img src="data:image/png;base64,{data}" alt="{_esc(alt)}">{cap}</figure>'
+        )
+
+    def _toc_html(self) -> str:
+        """A flat list indented by heading level (levels 2 and 3; deeper ones are run details)."""
+        entries = [(level, anchor, title) for level, anchor, title in self.toc if level <= 3]
+        if not entries:
+            return ""
+        items = "".join(
+            f'<li class="toc-{level}"><a href="#{anchor}">{_esc(title)}</a></li>'
+            for level, anchor, title in entries
+        )
+        return f'<nav class="toc"><h2>Contents</h2><ul>{items}</ul></nav>'
+
+    def document(self, title: str, *, source: Path) -> str:
+        body = "\n".join(self.parts)
+        return (
+            "<!DOCTYPE html>\n"
+            '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            f"<title>{_esc(title)} — polytask report</title>\n"
+            f"<style>{_CSS}</style>\n</head>\n<body>\n<main>\n"
+            f"<h1>{_esc(title)}</h1>\n"
+            f'<p class="source">polytask report of {_esc(source.resolve())}</p>\n'
+            f"{self._toc_html()}\n{body}\n</main>\n</body>\n</html>\n"
+        )
+
+
+def _table(
+    header: Sequence[str],
+    rows: Iterable[Sequence[tuple[str, str]]],
+) -> str:
+    """An HTML table; each cell is ``(escaped html, css class)``; header cells are escaped here."""
+    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+    body = []
+    for row in rows:
+        cells = "".join(
+            f'<td class="{cls}">{content}</td>' if cls else f"<td>{content}</td>"
+            for content, cls in row
+        )
+        body.append(f"<tr>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _facts(items: Iterable[tuple[str, str]]) -> str:
+    inner = "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in items)
+    return f'<dl class="facts">{inner}</dl>'
+
+
+def _best_rows(values: Sequence[float | None], higher_is_better: bool | None) -> set[int]:
+    """Indices of the best finite values (all of them on a tie); none when direction is unknown."""
+    if higher_is_better is None:
+        return set()
+    finite = [(i, v) for i, v in enumerate(values) if v is not None]
+    if not finite:
+        return set()
+    best = max(v for _, v in finite) if higher_is_better else min(v for _, v in finite)
+    return {i for i, v in finite if v == best}
+
+
+# -------------------------------------------------------------------------------- experiments
+def _render_experiment(page: _Page, directory: Path) -> str:
+    path = directory / EXPERIMENT_FILE
+    summary = _read_json(path)
+    rows = summary.get("rows")
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: missing required key 'rows' (a list of compared runs)")
+    tasks = [t for t in summary.get("tasks", []) if isinstance(t, dict) and "name" in t]
+    title = str(summary.get("title") or directory.name)
+    labels = [str(row.get("label", f"run {i + 1}")) for i, row in enumerate(rows)]
+
+    page.heading(2, "Comparison", "comparison")
+    notes = [str(n) for n in summary.get("notes", [])]
+    if notes:
+        page.add("<ul>" + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul>")
+    if rows:
+        page.add(_comparison_table(rows, labels, tasks))
+        page.muted(
+            "Test metrics of the selected model of each run. Bold: best in the column "
+            "(↑ higher is better, ↓ lower is better). Δm: mean relative change of the primary "
+            "metrics against single-task baselines, in %, lower is better."
+        )
+    else:
+        page.note(f"{path} lists no runs.")
+
+    page.heading(2, "Primary test metric per task", "primary-metric-chart")
+    panels: dict[str, dict[str, float]] = {}
+    ylabels: dict[str, str] = {}
+    for task in tasks:
+        name, metric = str(task["name"]), str(task.get("primary_metric", ""))
+        panel_name = f"{name} ({metric})" if metric else name
+        ylabels[panel_name] = metric + _direction(task.get("higher_is_better"))
+        panels[panel_name] = {}
+        for label, row in zip(labels, rows, strict=True):
+            value = _finite(row.get("test", {}).get(name, {}).get(metric))
+            if value is not None:
+                panels[panel_name][label] = value
+    if any(panels.values()):
+        png = plots.bar_panels(panels, "Primary test metric per task", ylabels=ylabels)
+        page.figure(png, "bar chart of the primary test metric per task and method")
+    else:
+        page.muted("No test metrics to compare.")
+
+    page.heading(2, "Runs", "runs")
+    for i, (label, row) in enumerate(zip(labels, rows, strict=True)):
+        page.heading(3, f"{label}", f"run-{i + 1}-{label}")
+        run_dir = row.get("run_dir")
+        if not run_dir:
+            page.note(f"Row {label!r} of {EXPERIMENT_FILE} names no run_dir.")
+            continue
+        run_path = directory / str(run_dir)
+        has_run = (run_path / RESULTS_FILE).is_file() or (run_path / METRICS_FILE).is_file()
+        if not has_run:
+            page.note(
+                f"Run directory {run_dir} not found or empty (no {RESULTS_FILE} or {METRICS_FILE})."
+            )
+            continue
+        page.muted(f"Run directory: {run_dir}")
+        _render_run(page, load_run(run_path), level=4, prefix=f"run-{i + 1}-")
+    return title
+
+
+def _comparison_table(
+    rows: Sequence[Mapping[str, Any]], labels: Sequence[str], tasks: Sequence[Mapping[str, Any]]
+) -> str:
+    columns: list[tuple[str, list[float | None], bool | None, str]] = []
+    for task in tasks:
+        name, metric = str(task["name"]), str(task.get("primary_metric", ""))
+        hib = task.get("higher_is_better")
+        direction = hib if isinstance(hib, bool) else None
+        values = [_finite(row.get("test", {}).get(name, {}).get(metric)) for row in rows]
+        columns.append((f"{name} {metric}{_direction(direction)}", values, direction, "metric"))
+    columns.append(
+        ("Δm %" + _direction(False), [_finite(r.get("delta_m")) for r in rows], False, "dm")
+    )
+    columns.append(
+        ("time" + _direction(False), [_finite(r.get("time_s")) for r in rows], False, "t")
+    )
+    best = [_best_rows(values, direction) for _, values, direction, _ in columns]
+    formatter = {"metric": format_value, "dm": format_delta_m, "t": format_seconds}
+
+    body = []
+    for i, (label, row) in enumerate(zip(labels, rows, strict=True)):
+        cells = [(_esc(label), ""), (_esc(row.get("kind", "")), "")]
+        for (_, values, _, kind), winners in zip(columns, best, strict=True):
+            text = _esc(formatter[kind](values[i]))
+            cells.append(
+                (f"<strong>{text}</strong>", "num best") if i in winners else (text, "num")
+            )
+        body.append(cells)
+    return _table(["method", "kind", *(c[0] for c in columns)], body)
+
+
+# ---------------------------------------------------------------------------------------- runs
+def _render_run(page: _Page, run: RunData, *, level: int, prefix: str) -> None:
+    """The sections of one run, headings at ``level``, anchors prefixed with ``prefix``."""
+    metrics = run.metrics
+    page.heading(level, "Overview", f"{prefix}overview")
+    if not run.complete:
+        last = int(metrics["epoch"].max()) if metrics is not None and len(metrics) else None
+        upto = f" up to epoch {last}" if last is not None else ""
+        page.note(
+            f"Incomplete run: {RESULTS_FILE} not found in {run.directory}. This report shows what "
+            f"{METRICS_FILE} recorded{upto}; there is no model selection and no test result yet."
+        )
+    expected = [m for m in run.missing if m != RESULTS_FILE]
+    if expected:
+        page.note(f"Missing from {run.directory}: {', '.join(expected)}.")
+    page.add(_overview(run))
+
+    page.heading(level, "Final results" if run.complete else "Latest validation", f"{prefix}final")
+    page.add(_final_table(run))
+
+    best = run.best_epoch
+    vline_label = f"best epoch {best}" if best is not None else None
+    if metrics is not None:
+        _loss_section(page, run, metrics, level, prefix, best, vline_label)
+        _val_section(page, run, metrics, level, prefix, best, vline_label)
+        _schedule_section(page, metrics, level, prefix)
+    _weights_section(page, run, level, prefix)
+    if run.experts is not None:
+        _experts_section(page, run, run.experts, level, prefix)
+    _warnings_section(page, run, level, prefix)
+
+    page.heading(level, "Configuration", f"{prefix}config")
+    if run.config is None:
+        page.muted(f"{CONFIG_FILE} not found.")
+    else:
+        page.add(
+            f"<details><summary>{_esc(CONFIG_FILE)} (resolved)</summary>"
+            f"<pre>{_esc(run.config)}</pre></details>"
+        )
+
+
+def _overview(run: RunData) -> str:
+    results = run.results or {}
+    facts: list[tuple[str, str]] = [("name", run.name)]
+    for key in ("balancer", "architecture"):
+        if results.get(key) is not None:
+            facts.append((key, str(results[key])))
+    if run.complete:
+        facts.append(("best epoch", str(run.best_epoch) if run.best_epoch is not None else "—"))
+        facts.append(("selection", str(results.get("selection", "—"))))
+        facts.append(("test Δm (vs single-task)", format_delta_m(results.get("delta_m"))))
+        epochs = results.get("epochs")
+        facts.append(("epochs", str(epochs) if epochs is not None else "—"))
+        facts.append(("time", format_seconds(results.get("time_s"))))
+        params = results.get("num_parameters")
+        if isinstance(params, int):
+            facts.append(("parameters", f"{params:,}"))
+    html_parts = [_facts(facts)]
+    info = run.task_info()
+    if info:
+        body = [
+            [
+                (_esc(name), ""),
+                (_esc(t.get("kind", "")), ""),
+                (
+                    _esc(str(t.get("primary_metric", "")) + _direction(t.get("higher_is_better"))),
+                    "",
+                ),
+            ]
+            for name, t in info.items()
+        ]
+        html_parts.append(_table(["task", "kind", "primary metric"], body))
+    return "".join(html_parts)
+
+
+def _ordered_metrics(names: Iterable[str], primary: str | None) -> list[str]:
+    unique = sorted(set(names))
+    if primary in unique:
+        unique.remove(primary)
+        unique.insert(0, primary)
+    return unique
+
+
+def _final_table(run: RunData) -> str:
+    info = run.task_info()
+    if run.complete:
+        results = run.results or {}
+        val = results.get("val") or {}
+        test = results.get("test") or {}
+        stl = results.get("stl_reference") or {}
+        header = ["task", "metric", f"val (epoch {run.best_epoch})", "test"]
+        if stl:
+            header.append("single-task reference")
+        body = []
+        for task in run.task_names():
+            primary = info.get(task, {}).get("primary_metric")
+            names = [*val.get(task, {}), *test.get(task, {}), *stl.get(task, {})]
+            for metric in _ordered_metrics(names, primary):
+                label = f"{metric} (primary)" if metric == primary else metric
+                row = [
+                    (_esc(task), ""),
+                    (_esc(label), ""),
+                    (_esc(format_value(val.get(task, {}).get(metric))), "num"),
+                    (_esc(format_value(test.get(task, {}).get(metric))), "num"),
+                ]
+                if stl:
+                    row.append((_esc(format_value(stl.get(task, {}).get(metric))), "num"))
+                body.append(row)
+        return _table(header, body) if body else '<p class="muted">No metrics in results.json.</p>'
+
+    metrics = run.metrics
+    if metrics is None:
+        return f'<p class="muted">No {METRICS_FILE}, nothing recorded.</p>'
+    val = metrics[(metrics["split"] == "val") & (metrics["task"] != "")].dropna(subset=["value"])
+    if val.empty:
+        return '<p class="muted">No validation metrics recorded yet.</p>'
+    last = int(val["epoch"].max())
+    latest = val[val["epoch"] == last]
+    body = []
+    for task in run.task_names():
+        rows = latest[latest["task"] == task]
+        values = dict(zip(rows["metric"], rows["value"], strict=True))
+        for metric in _ordered_metrics(values, info.get(task, {}).get("primary_metric")):
+            body.append(
+                [(_esc(task), ""), (_esc(metric), ""), (_esc(format_value(values[metric])), "num")]
+            )
+    return _table(["task", "metric", f"val (epoch {last}, last recorded)"], body)
+
+
+def _curve(frame: pd.DataFrame) -> plots.Series:
+    """Mean value per epoch (one row per epoch is expected; duplicates are averaged)."""
+    per_epoch = frame.groupby("epoch")["value"].mean().sort_index()
+    return ([float(x) for x in per_epoch.index], [float(y) for y in per_epoch.to_numpy()])
+
+
+def _loss_section(
+    page: _Page,
+    run: RunData,
+    metrics: pd.DataFrame,
+    level: int,
+    prefix: str,
+    best: int | None,
+    vline_label: str | None,
+) -> None:
+    losses = metrics[(metrics["metric"] == "loss")].dropna(subset=["value"])
+    page.heading(level, "Losses", f"{prefix}losses")
+    if losses.empty:
+        page.muted("No losses recorded.")
+        return
+    panels: dict[str, dict[str, plots.Series]] = {}
+    total = losses[losses["task"] == ""]
+    if not total.empty:
+        panels["total"] = {split: _curve(g) for split, g in total.groupby("split", sort=False)}
+    for task in run.task_names():
+        rows = losses[losses["task"] == task]
+        if not rows.empty:
+            panels[task] = {split: _curve(g) for split, g in rows.groupby("split", sort=False)}
+    png = plots.line_panels(panels, "Loss per task", "epoch", vline=best, vline_label=vline_label)
+    page.figure(png, "loss curves per task", "Train and validation loss per task and epoch.")
+
+
+def _val_section(
+    page: _Page,
+    run: RunData,
+    metrics: pd.DataFrame,
+    level: int,
+    prefix: str,
+    best: int | None,
+    vline_label: str | None,
+) -> None:
+    val = metrics[(metrics["split"] == "val") & (metrics["metric"] != "loss")]
+    val = val.dropna(subset=["value"])
+    per_task = val[val["task"] != ""]
+    delta_m = val[(val["task"] == "") & (val["metric"] == "delta_m")]
+    page.heading(level, "Validation metrics", f"{prefix}validation")
+    if per_task.empty and delta_m.empty:
+        page.muted("No validation metrics recorded.")
+        return
+    panels: dict[str, dict[str, plots.Series]] = {}
+    ylabels: dict[str, str] = {}
+    order = run.task_names()
+    for metric in sorted(per_task["metric"].unique()):
+        rows = per_task[per_task["metric"] == metric]
+        groups = dict(tuple(rows.groupby("task", sort=False)))
+        panels[metric] = {t: _curve(groups[t]) for t in order if t in groups}
+        ylabels[metric] = metric
+    if not delta_m.empty:
+        panels["Δm % vs single-task"] = {"val Δm": _curve(delta_m)}
+        ylabels["Δm % vs single-task"] = "Δm % (lower is better)"
+    png = plots.line_panels(
+        panels, "Validation metrics", "epoch", ylabels=ylabels, vline=best, vline_label=vline_label
+    )
+    page.figure(png, "validation metrics per epoch", "One panel per metric, one line per task.")
+
+
+def _schedule_section(page: _Page, metrics: pd.DataFrame, level: int, prefix: str) -> None:
+    run_level = metrics[(metrics["task"] == "")].dropna(subset=["value"])
+    run_level = run_level[
+        ~run_level["metric"].isin(_RUN_LEVEL_CURVES)
+        & ~run_level["metric"].str.startswith(_WARNING_PREFIX)
+    ]
+    if run_level.empty:
+        return
+    page.heading(level, "Learning rate and timing", f"{prefix}schedule")
+    panels = {
+        metric: {split: _curve(g) for split, g in rows.groupby("split", sort=False)}
+        for metric, rows in run_level.groupby("metric", sort=False)
+    }
+    png = plots.line_panels(
+        panels, "Run-level values per epoch", "epoch", ylabels=dict.fromkeys(panels, "")
+    )
+    page.figure(png, "learning rate and epoch time per epoch")
+
+
+def _weights_section(page: _Page, run: RunData, level: int, prefix: str) -> None:
+    page.heading(level, "Task weights", f"{prefix}weights")
+    weights = run.weights
+    if weights is None:
+        page.muted(f"{WEIGHTS_FILE} not found.")
+        return
+    if weights.empty:
+        page.muted("No task weights recorded.")
+        return
+    steps_per_epoch = weights.groupby("epoch")["step"].nunique()
+    window = max(1, int(steps_per_epoch.median()))
+    smooth: dict[str, plots.Series] = {}
+    raw: dict[str, plots.Series] = {}
+    for task in run.task_names():
+        rows = weights[weights["task"] == task]
+        if rows.empty:
+            continue
+        per_step = rows.groupby("step")["weight"].mean()
+        rolled = per_step.rolling(window, min_periods=1, center=True).mean()
+        stride = max(1, len(per_step) // _RAW_POINTS_PER_TASK)
+        xs = [float(x) for x in per_step.index]
+        raw[task] = (xs[::stride], [float(y) for y in per_step.to_numpy()[::stride]])
+        smooth[task] = (xs[::stride], [float(y) for y in rolled.to_numpy()[::stride]])
+    if not smooth:
+        page.muted("No task weights recorded for the run's tasks.")
+        return
+    png = plots.line_plot(smooth, "Task weights applied by the balancer", "step", "weight", raw=raw)
+    caption = (
+        f"Thick: rolling mean over {window} step(s) (about one epoch); thin: the weight at each "
+        "step."
+    )
+    page.figure(png, "task weights over training steps", caption)
+    last = int(weights["epoch"].max())
+    final = weights[weights["epoch"] == last].groupby("task")["weight"].mean()
+    body = [
+        [(_esc(t), ""), (_esc(format_value(float(final[t]))), "num")]
+        for t in run.task_names()
+        if t in final.index
+    ]
+    page.add(_table(["task", f"mean weight in epoch {last}"], body))
+
+
+def _expert_order(experts: Iterable[str]) -> list[str]:
+    def key(name: str) -> tuple[int, int, str]:
+        return (0, int(name), name) if name.isdigit() else (1, 0, name)
+
+    return sorted(set(experts), key=key)
+
+
+def _experts_section(
+    page: _Page, run: RunData, experts: pd.DataFrame, level: int, prefix: str
+) -> None:
+    page.heading(level, "Expert usage", f"{prefix}experts")
+    if experts.empty:
+        page.muted("No expert gate weights recorded.")
+        return
+    last = int(experts["epoch"].max())
+    expert_names = _expert_order(experts["expert"])
+    tasks = [t for t in run.task_names() if t in set(experts["task"])]
+    final = experts[experts["epoch"] == last].groupby(["task", "expert"])["weight"].mean()
+    matrix = [[float(final.get((t, e), math.nan)) for e in expert_names] for t in tasks]
+    png = plots.heatmap(
+        matrix,
+        tasks,
+        expert_names,
+        f"Mean gate weight per expert, epoch {last}",
+        xlabel="expert",
+        ylabel="task",
+        colorbar_label="gate weight",
+    )
+    page.figure(png, f"expert gate weights per task at epoch {last}")
+    per_epoch = experts.groupby(["task", "expert", "epoch"])["weight"].mean()
+    panels: dict[str, dict[str, plots.Series]] = {}
+    for task in tasks:
+        panels[task] = {}
+        for expert in expert_names:
+            if (task, expert) in per_epoch.index.droplevel("epoch"):
+                series = per_epoch.loc[(task, expert)].sort_index()
+                panels[task][expert] = (
+                    [float(x) for x in series.index],
+                    [float(y) for y in series.to_numpy()],
+                )
+    png = plots.line_panels(
+        panels,
+        "Gate weight per expert over epochs",
+        "epoch",
+        ylabels=dict.fromkeys(panels, "weight"),
+    )
+    page.figure(png, "expert gate weights over epochs", "One panel per task, one line per expert.")
+
+
+def _warnings_section(page: _Page, run: RunData, level: int, prefix: str) -> None:
+    page.heading(level, "Warnings", f"{prefix}warnings")
+    totals = {str(k): v for k, v in ((run.results or {}).get("warnings") or {}).items()}
+    per_epoch: dict[str, pd.Series] = {}
+    if run.metrics is not None:
+        rows = run.metrics[run.metrics["metric"].str.startswith(_WARNING_PREFIX)]
+        for metric, group in rows.groupby("metric", sort=True):
+            per_epoch[str(metric)[len(_WARNING_PREFIX) :]] = group.groupby("epoch")["value"].sum()
+    names = list(dict.fromkeys([*totals, *per_epoch]))
+    if not names:
+        page.muted("No warnings recorded.")
+        return
+    body = []
+    for name in names:
+        series = per_epoch.get(name)
+        total = totals.get(name)
+        nonzero = int((series.fillna(0) != 0).sum()) if series is not None else None
+        last = float(series.iloc[-1]) if series is not None and len(series) else None
+        body.append(
+            [
+                (_esc(name), ""),
+                (_esc(total if total is not None else "—"), "num"),
+                (_esc(nonzero if nonzero is not None else "—"), "num"),
+                (_esc(format_value(last) if last is not None else "—"), "num"),
+            ]
+        )
+    page.add(
+        _table(
+            ["warning", f"count ({RESULTS_FILE})", "epochs with a count", "last epoch's value"],
+            body,
+        )
+    )

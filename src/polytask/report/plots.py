@@ -1,0 +1,308 @@
+"""Plots for the HTML report: each function draws one figure and returns it as PNG bytes.
+
+Why PNG bytes rather than figures: the report embeds every image as a base64 ``data:`` URI so that
+one file carries everything. Returning bytes keeps these functions free of HTML concerns, easy to
+test, and keeps each figure's lifetime inside the function, so building reports for hundreds of
+runs does not accumulate figures.
+
+Why no ``pyplot``: figures are drawn on matplotlib's Agg canvas directly (``Figure`` plus
+``FigureCanvasAgg``). That renders headless without switching the process-wide backend (a user's
+notebook keeps its own), and nothing is registered in pyplot's figure manager, so there is nothing
+that could stay open. Each figure is still cleared after saving to release its artists at once.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+__all__ = [
+    "PNG_SIGNATURE",
+    "Series",
+    "bar_panels",
+    "bar_plot",
+    "heatmap",
+    "line_panels",
+    "line_plot",
+]
+
+Series = tuple[Sequence[float], Sequence[float]]
+"""One line: ``(xs, ys)`` of equal length. ``NaN`` in ``ys`` leaves a gap."""
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+_DPI = 100
+_PANEL_W = 4.6
+_PANEL_H = 3.2
+_MANY_LEGEND_ENTRIES = 6
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _to_png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=_DPI, metadata={"Software": None})
+    finally:
+        fig.clear()
+    return buffer.getvalue()
+
+
+def _colors(keys: Sequence[str]) -> dict[str, tuple[float, float, float, float]]:
+    """A stable colour per key in first-appearance order: a key looks the same in every panel."""
+    unique = list(dict.fromkeys(keys))
+    cmap = colormaps["tab10" if len(unique) <= 10 else "tab20"]
+    return {key: cmap(i % cmap.N) for i, key in enumerate(unique)}
+
+
+def _legend(ax: Axes, entries: int) -> None:
+    if entries <= 1:
+        return
+    if entries > _MANY_LEGEND_ENTRIES:
+        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    else:
+        ax.legend(fontsize="small", frameon=False)
+
+
+def _no_data(ax: Axes) -> None:
+    ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="0.5")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _draw_lines(
+    ax: Axes,
+    series: Mapping[str, Series],
+    colors: Mapping[str, tuple[float, float, float, float]],
+    *,
+    raw: Mapping[str, Series] | None = None,
+    vline: float | None = None,
+    vline_label: str | None = None,
+    markers: bool = False,
+) -> None:
+    drawn = 0
+    for key, (xs, ys) in (raw or {}).items():
+        if len(xs):
+            ax.plot(xs, ys, color=colors.get(key, "0.6"), linewidth=0.5, alpha=0.3)
+    for key, (xs, ys) in series.items():
+        if not len(xs):
+            continue
+        marker = "o" if markers and len(xs) <= 30 else None
+        ax.plot(xs, ys, label=key, color=colors[key], linewidth=1.6, marker=marker, markersize=3)
+        drawn += 1
+    if drawn == 0:
+        _no_data(ax)
+        return
+    entries = drawn
+    if vline is not None:
+        ax.axvline(vline, color="0.4", linestyle="--", linewidth=0.9, label=vline_label)
+        entries += 1 if vline_label else 0
+    ax.grid(True, alpha=0.3)
+    _legend(ax, entries)
+
+
+def line_plot(
+    series: Mapping[str, Series],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    *,
+    raw: Mapping[str, Series] | None = None,
+    vline: float | None = None,
+    vline_label: str | None = None,
+) -> bytes:
+    """One axes of named lines; ``raw`` lines (same keys) are drawn thin and faint underneath.
+
+    ``raw`` is for a noisy signal shown with its smoothed version in ``series`` (task weights per
+    step under their rolling mean). ``vline`` marks an x position, e.g. the selected epoch.
+    """
+    fig = _new_figure(8.0, 4.0)
+    ax = fig.add_subplot()
+    colors = _colors([*series, *(raw or {})])
+    _draw_lines(ax, series, colors, raw=raw, vline=vline, vline_label=vline_label, markers=True)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    return _to_png(fig)
+
+
+def _grid(n: int, ncols: int) -> tuple[int, int]:
+    cols = max(1, min(ncols, n))
+    return math.ceil(n / cols), cols
+
+
+def line_panels(
+    panels: Mapping[str, Mapping[str, Series]],
+    title: str,
+    xlabel: str,
+    *,
+    ylabels: Mapping[str, str] | None = None,
+    vline: float | None = None,
+    vline_label: str | None = None,
+    ncols: int = 3,
+) -> bytes:
+    """Small multiples: one axes per panel (own y scale), each with named lines.
+
+    Lines with the same name have the same colour in every panel (``train``/``val``, a task, an
+    expert), so one reading of a legend carries over.
+    """
+    names = list(panels) or [""]
+    rows, cols = _grid(len(names), ncols)
+    fig = _new_figure(_PANEL_W * cols, _PANEL_H * rows + 0.4)
+    colors = _colors([key for series in panels.values() for key in series])
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i >= len(names):
+            ax.set_visible(False)
+            continue
+        name = names[i]
+        _draw_lines(
+            ax,
+            panels.get(name, {}),
+            colors,
+            vline=vline,
+            vline_label=vline_label,
+            markers=True,
+        )
+        ax.set_title(name, fontsize="medium")
+        ax.set_xlabel(xlabel, fontsize="small")
+        ax.set_ylabel((ylabels or {}).get(name, ""), fontsize="small")
+    fig.suptitle(title)
+    return _to_png(fig)
+
+
+def _draw_bars(
+    ax: Axes,
+    values: Mapping[str, Mapping[str, float]],
+    colors: Mapping[str, tuple[float, float, float, float]],
+) -> None:
+    """Grouped bars: groups on the x axis, one bar per series within a group; NaN bars skipped."""
+    groups = list(values)
+    series = list(dict.fromkeys(s for group in values.values() for s in group))
+    if not groups or not series:
+        _no_data(ax)
+        return
+    width = 0.8 / len(series)
+    for j, name in enumerate(series):
+        xs: list[float] = []
+        ys: list[float] = []
+        for i, group in enumerate(groups):
+            value = values[group].get(name)
+            if value is None or not math.isfinite(value):
+                continue
+            xs.append(i - 0.4 + width * (j + 0.5))
+            ys.append(value)
+        ax.bar(xs, ys, width=width * 0.95, label=name, color=colors[name])
+    ax.set_xticks(range(len(groups)), groups)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+
+
+def bar_plot(values: Mapping[str, Mapping[str, float]], title: str, ylabel: str) -> bytes:
+    """Grouped bar chart: ``values[group][series]``; groups on the x axis, one colour per series."""
+    fig = _new_figure(8.0, 4.0)
+    ax = fig.add_subplot()
+    series = [s for group in values.values() for s in group]
+    _draw_bars(ax, values, _colors(series))
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    _legend(ax, len(set(series)))
+    return _to_png(fig)
+
+
+def bar_panels(
+    panels: Mapping[str, Mapping[str, float]],
+    title: str,
+    *,
+    ylabels: Mapping[str, str] | None = None,
+    ncols: int = 3,
+) -> bytes:
+    """One bar axes per panel, ``panels[panel][bar] = value``; bar colours shared across panels.
+
+    For comparing methods on tasks whose metrics have different scales (AUROC and MAE do not
+    belong on one y axis). A bar whose value is missing or NaN is left out of its panel.
+    """
+    names = list(panels) or [""]
+    rows, cols = _grid(len(names), ncols)
+    bars = [b for panel in panels.values() for b in panel]
+    colors = _colors(bars)
+    widest = max((len(b) for b in colors), default=1)
+    fig = _new_figure(_PANEL_W * cols, (_PANEL_H + 0.06 * widest) * rows + 0.4)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i >= len(names):
+            ax.set_visible(False)
+            continue
+        name = names[i]
+        panel = {
+            b: v for b, v in panels.get(name, {}).items() if v is not None and math.isfinite(v)
+        }
+        if not panel:
+            _no_data(ax)
+        else:
+            ax.bar(range(len(panel)), list(panel.values()), color=[colors[b] for b in panel])
+            ax.set_xticks(range(len(panel)), list(panel), rotation=45, ha="right", fontsize="small")
+            ax.grid(True, axis="y", alpha=0.3)
+            ax.set_axisbelow(True)
+        ax.set_title(name, fontsize="medium")
+        ax.set_ylabel((ylabels or {}).get(name, ""), fontsize="small")
+    fig.suptitle(title)
+    return _to_png(fig)
+
+
+def heatmap(
+    values: Sequence[Sequence[float]],
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    title: str,
+    *,
+    xlabel: str = "",
+    ylabel: str = "",
+    colorbar_label: str = "",
+    annotate: bool = True,
+) -> bytes:
+    """A matrix as coloured cells (``values[row][col]``), annotated with values when it is small."""
+    n_rows, n_cols = len(row_labels), len(col_labels)
+    if any(len(row) != n_cols for row in values) or len(values) != n_rows:
+        raise ValueError(
+            f"heatmap: values must be {n_rows} rows of {n_cols} columns to match the labels"
+        )
+    fig = _new_figure(min(14.0, 2.5 + 0.7 * max(n_cols, 1)), min(12.0, 1.6 + 0.45 * max(n_rows, 1)))
+    ax = fig.add_subplot()
+    if n_rows == 0 or n_cols == 0:
+        _no_data(ax)
+    else:
+        image = ax.imshow(values, aspect="auto", cmap="viridis")
+        ax.set_xticks(range(n_cols), list(col_labels), fontsize="small")
+        ax.set_yticks(range(n_rows), list(row_labels), fontsize="small")
+        colorbar = fig.colorbar(image, ax=ax)
+        colorbar.set_label(colorbar_label)
+        if annotate and n_rows * n_cols <= 200:
+            finite = [v for row in values for v in row if math.isfinite(v)]
+            middle = (min(finite) + max(finite)) / 2 if finite else 0.0
+            for r, row in enumerate(values):
+                for c, value in enumerate(row):
+                    if math.isfinite(value):
+                        ax.text(
+                            c,
+                            r,
+                            f"{value:.2f}",
+                            ha="center",
+                            va="center",
+                            fontsize="x-small",
+                            color="black" if value > middle else "white",
+                        )
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    return _to_png(fig)
