@@ -208,15 +208,20 @@ class GradientEngine:
         return per_sample, counts, rep, rep_in
 
     # ------------------------------------------------------------------ the step
-    def backward(self, x: Tensor, targets: dict[str, Tensor], step: int, epoch: int) -> StepOutput:
-        """Forward, losses, gradients: after this call every parameter's ``.grad`` is the update."""
+    def backward(
+        self, x: Tensor, targets: dict[str, Tensor], step: int, epoch: int
+    ) -> StepOutput | None:
+        """Forward, losses, gradients: afterwards every parameter's ``.grad`` holds the update.
+
+        Returns ``None`` (and touches no gradient) when no task has a label in the batch.
+        """
         per_sample, counts, rep, rep_in = self.forward_losses(x, targets)
         local_losses = per_sample.sum(dim=0)
         exact = self.comm.world_size > 1 and self.dist_mode == "exact"
         global_counts = self.comm.sum(counts.clone())
         present = global_counts > 0
         if not bool(present.any()):
-            raise BalancerError(f"step {step}: no task has a label in this batch")
+            return None  # no task labelled anywhere in this batch: nothing to learn from it
         if exact:
             # Surrogate losses: their value is the global mean loss, their gradient this rank's
             # share of it, so summing gradients over ranks gives the global gradient exactly.

@@ -9,6 +9,10 @@ Why no ``pyplot``: figures are drawn on matplotlib's Agg canvas directly (``Figu
 ``FigureCanvasAgg``). That renders headless without switching the process-wide backend (a user's
 notebook keeps its own), and nothing is registered in pyplot's figure manager, so there is nothing
 that could stay open. Each figure is still cleared after saving to release its artists at once.
+
+Why fixed margins rather than a layout engine: constrained/tight layout draws every figure twice,
+which made a report with dozens of figures ~40% slower; margins are set in inches here (wider where
+long tick labels need it), which keeps panels aligned for the labels this report draws.
 """
 
 from __future__ import annotations
@@ -44,9 +48,39 @@ _MANY_LEGEND_ENTRIES = 6
 
 
 def _new_figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+    fig = Figure(figsize=(width, height), dpi=_DPI)
     FigureCanvasAgg(fig)
     return fig
+
+
+def _margins(
+    fig: Figure,
+    *,
+    left: float = 0.75,
+    right: float = 0.2,
+    bottom: float = 0.55,
+    top: float = 0.45,
+    wspace: float = 0.75,
+    hspace: float = 0.85,
+    rows: int = 1,
+    cols: int = 1,
+) -> None:
+    """Margins and gaps in inches, converted to the fractions ``subplots_adjust`` wants."""
+    width, height = fig.get_size_inches()
+    panel_w = max(0.5, (width - left - right - wspace * (cols - 1)) / cols)
+    panel_h = max(0.5, (height - top - bottom - hspace * (rows - 1)) / rows)
+    fig.subplots_adjust(
+        left=left / width,
+        right=1 - right / width,
+        bottom=bottom / height,
+        top=1 - top / height,
+        wspace=wspace / panel_w,
+        hspace=hspace / panel_h,
+    )
+
+
+def _text_inches(labels: Sequence[str], per_char: float = 0.075) -> float:
+    return per_char * max((len(str(label)) for label in labels), default=0)
 
 
 def _to_png(fig: Figure) -> bytes:
@@ -69,9 +103,9 @@ def _legend(ax: Axes, entries: int) -> None:
     if entries <= 1:
         return
     if entries > _MANY_LEGEND_ENTRIES:
-        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        ax.legend(fontsize="xx-small", ncols=2, framealpha=0.7)
     else:
-        ax.legend(fontsize="small", frameon=False)
+        ax.legend(fontsize="small", framealpha=0.7)
 
 
 def _no_data(ax: Axes) -> None:
@@ -127,6 +161,7 @@ def line_plot(
     step under their rolling mean). ``vline`` marks an x position, e.g. the selected epoch.
     """
     fig = _new_figure(8.0, 4.0)
+    _margins(fig, top=0.4)
     ax = fig.add_subplot()
     colors = _colors([*series, *(raw or {})])
     _draw_lines(ax, series, colors, raw=raw, vline=vline, vline_label=vline_label, markers=True)
@@ -159,6 +194,7 @@ def line_panels(
     names = list(panels) or [""]
     rows, cols = _grid(len(names), ncols)
     fig = _new_figure(_PANEL_W * cols, _PANEL_H * rows + 0.4)
+    _margins(fig, top=0.75, rows=rows, cols=cols)
     colors = _colors([key for series in panels.values() for key in series])
     axes = fig.subplots(rows, cols, squeeze=False)
     for i, ax in enumerate(axes.flat):
@@ -211,6 +247,7 @@ def _draw_bars(
 def bar_plot(values: Mapping[str, Mapping[str, float]], title: str, ylabel: str) -> bytes:
     """Grouped bar chart: ``values[group][series]``; groups on the x axis, one colour per series."""
     fig = _new_figure(8.0, 4.0)
+    _margins(fig, top=0.4)
     ax = fig.add_subplot()
     series = [s for group in values.values() for s in group]
     _draw_bars(ax, values, _colors(series))
@@ -236,8 +273,9 @@ def bar_panels(
     rows, cols = _grid(len(names), ncols)
     bars = [b for panel in panels.values() for b in panel]
     colors = _colors(bars)
-    widest = max((len(b) for b in colors), default=1)
-    fig = _new_figure(_PANEL_W * cols, (_PANEL_H + 0.06 * widest) * rows + 0.4)
+    label_h = 0.15 + 0.75 * _text_inches(list(colors), per_char=0.07)  # 45° tick labels
+    fig = _new_figure(_PANEL_W * cols, (_PANEL_H + label_h) * rows + 0.4)
+    _margins(fig, top=0.75, bottom=label_h + 0.2, hspace=label_h + 0.5, rows=rows, cols=cols)
     axes = fig.subplots(rows, cols, squeeze=False)
     for i, ax in enumerate(axes.flat):
         if i >= len(names):
@@ -277,7 +315,10 @@ def heatmap(
         raise ValueError(
             f"heatmap: values must be {n_rows} rows of {n_cols} columns to match the labels"
         )
-    fig = _new_figure(min(14.0, 2.5 + 0.7 * max(n_cols, 1)), min(12.0, 1.6 + 0.45 * max(n_rows, 1)))
+    left = 0.55 + _text_inches(row_labels) + (0.3 if ylabel else 0.0)
+    width = min(16.0, left + 1.6 + 0.7 * max(n_cols, 1))
+    fig = _new_figure(width, min(12.0, 1.6 + 0.45 * max(n_rows, 1)))
+    _margins(fig, left=left, right=0.3, top=0.4, bottom=0.6 if xlabel else 0.4)
     ax = fig.add_subplot()
     if n_rows == 0 or n_cols == 0:
         _no_data(ax)

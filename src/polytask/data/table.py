@@ -1,0 +1,576 @@
+"""Any CSV / Parquet table with several target columns, as multi-task :class:`Splits`.
+
+Why a generic table loader: most real multi-task problems arrive as one table with a few label
+columns, some of them empty for some rows. This module turns such a table into model-ready tensors
+*reproducibly*: every preprocessing decision (which columns are features, their train-split means
+and standard deviations, the one-hot categories, how labels were mapped to 0/1 or class indices) is
+captured in a :class:`TablePreprocessor` that serialises to plain JSON, so ``polytask predict`` can
+apply exactly the same transformation to a new table later.
+
+Rules, chosen so that nothing is guessed silently:
+
+* Empty cells in target columns are missing labels (NaN, or ``-1`` for multiclass).
+* NaN or inf in a numeric *feature* column is an error naming the column and row: imputation is a
+  modelling decision the caller must make explicitly.
+* String features are one-hot encoded with categories learned on the training split only; a value
+  unseen in training becomes an all-zero block and is counted in ``info["unseen_categories"]``. A
+  missing string cell is its own category, ``"<missing>"``.
+* Numeric features are standardized with training statistics only (a constant column keeps std 1).
+* A target's kind is taken from ``kinds`` or inferred by :func:`infer_kind`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from polytask.data.base import DataError, MultiTaskData, Splits
+from polytask.tasks import Task
+
+__all__ = [
+    "MAX_CLASSES",
+    "MISSING_CATEGORY",
+    "LabelEncoding",
+    "TablePreprocessor",
+    "infer_kind",
+    "load_table",
+    "read_table",
+]
+
+MAX_CLASSES = 20
+MISSING_CATEGORY = "<missing>"
+_KINDS = ("binary", "multiclass", "regression")
+_SPLIT_NAMES = {
+    "train": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+}
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def _missing(series: pd.Series) -> np.ndarray:
+    """Missing cells: NaN / None / NA, and strings that are empty after stripping."""
+    miss = series.isna().to_numpy()
+    if not (pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series)):
+        blank = series.map(lambda v: isinstance(v, str) and not v.strip()).to_numpy(dtype=bool)
+        miss = miss | blank
+    return miss
+
+
+def _py(value: Any) -> Any:
+    """A JSON-friendly Python scalar."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _sorted_unique(values: pd.Series) -> list[Any]:
+    uniq = [_py(v) for v in pd.unique(values)]
+    uniq = list(dict.fromkeys(uniq))
+    try:
+        return sorted(uniq)
+    except TypeError:
+        return sorted(uniq, key=str)
+
+
+def _row(series: pd.Series, pos: int) -> object:
+    return series.index[pos]
+
+
+def _is_numeric(series: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series)
+
+
+def infer_kind(series: pd.Series) -> str:
+    """Guess a target column's kind from its non-missing values.
+
+    * floats with a non-integer value -> ``regression``;
+    * exactly 2 distinct values -> ``binary`` (mapped to 0/1 by :class:`LabelEncoding`);
+    * 3 to ``MAX_CLASSES`` (20) distinct integers or strings -> ``multiclass``;
+    * more distinct integers -> ``regression``.
+
+    Raises :class:`DataError` for a column with no label, a single distinct value, infinite values,
+    or more than ``MAX_CLASSES`` distinct strings (pass the kind explicitly then).
+    """
+    name = series.name
+    values = series[~_missing(series)]
+    if values.empty:
+        raise DataError(f"column {name!r} has no non-missing value; cannot infer its kind")
+    distinct = values.nunique()
+    if _is_numeric(series) and not pd.api.types.is_bool_dtype(series):
+        arr = values.to_numpy(dtype=np.float64)
+        if not np.isfinite(arr).all():
+            pos = int(np.flatnonzero(~np.isfinite(arr))[0])
+            raise DataError(f"column {name!r} has an infinite value at row {_row(values, pos)}")
+        if (arr != np.round(arr)).any():
+            return "regression"
+    if distinct == 2:
+        return "binary"
+    if distinct < 2:
+        raise DataError(
+            f"column {name!r} has a single distinct value ({values.iloc[0]!r}); nothing to learn"
+        )
+    if distinct <= MAX_CLASSES:
+        return "multiclass"
+    if _is_numeric(series):
+        return "regression"
+    raise DataError(
+        f"column {name!r} has {distinct} distinct string values (more than {MAX_CLASSES}); "
+        f"pass kinds={{{name!r}: 'multiclass'}} if it really is a class label"
+    )
+
+
+# ---------------------------------------------------------------------------------------- labels
+@dataclass
+class LabelEncoding:
+    """How one target column maps to model labels.
+
+    ``classes[k]`` is the original value of label ``k`` (binary: ``[negative, positive]``;
+    multiclass: classes in sorted order); ``None`` for regression.
+    """
+
+    column: str
+    kind: str
+    classes: list[Any] | None = None
+
+    @classmethod
+    def fit(cls, series: pd.Series, kind: str) -> LabelEncoding:
+        column = str(series.name)
+        if kind not in _KINDS:
+            raise DataError(f"column {column!r}: unknown kind {kind!r}; expected one of {_KINDS}")
+        enc = cls(column, kind)
+        values = series[~_missing(series)]
+        if kind == "regression":
+            enc.encode(series)  # raises on non-numeric cells, naming the row
+            return enc
+        uniq = _sorted_unique(values)
+        if kind == "binary":
+            if set(uniq) <= {0, 1}:
+                uniq = [0, 1] if not pd.api.types.is_bool_dtype(series) else [False, True]
+            elif len(uniq) != 2:
+                raise DataError(
+                    f"binary column {column!r} has {len(uniq)} distinct values "
+                    f"{uniq[:10]}; expected exactly 2"
+                )
+        elif len(uniq) < 2:
+            raise DataError(
+                f"multiclass column {column!r} has {len(uniq)} distinct value(s) {uniq}; need >= 2"
+            )
+        enc.classes = uniq
+        return enc
+
+    @property
+    def num_classes(self) -> int | None:
+        return None if self.classes is None else len(self.classes)
+
+    def encode(self, series: pd.Series) -> np.ndarray:
+        """float32 with NaN (binary, regression) or int64 with -1 (multiclass) for missing."""
+        miss = _missing(series)
+        if self.kind == "regression":
+            raw = series.where(~miss)
+            values = pd.to_numeric(raw, errors="coerce")
+            bad = values.isna().to_numpy() & ~miss
+            if bad.any():
+                pos = int(np.flatnonzero(bad)[0])
+                raise DataError(
+                    f"regression target {self.column!r} is not numeric: value "
+                    f"{series.iloc[pos]!r} at row {_row(series, pos)}"
+                )
+            arr = values.to_numpy(dtype=np.float64)
+            inf = np.isinf(arr)
+            if inf.any():
+                pos = int(np.flatnonzero(inf)[0])
+                raise DataError(
+                    f"regression target {self.column!r} is infinite at row {_row(series, pos)}"
+                )
+            return arr.astype(np.float32)
+        assert self.classes is not None
+        lookup = {c: k for k, c in enumerate(self.classes)}
+        codes = np.full(len(series), -1, dtype=np.int64)
+        present = series[~miss]
+        mapping: dict[Any, int] = {}
+        for value in pd.unique(present):
+            code = lookup.get(_py(value))
+            if code is None:
+                pos = int(np.flatnonzero((series == value).to_numpy(dtype=bool, na_value=False))[0])
+                raise DataError(
+                    f"target {self.column!r}: value {value!r} at row {_row(series, pos)} is not "
+                    f"one of the known classes {self.classes[:10]}"
+                )
+            mapping[value] = code
+        codes[~miss] = present.map(mapping).to_numpy(dtype=np.int64)
+        if self.kind == "multiclass":
+            return codes
+        out = codes.astype(np.float32)
+        out[codes < 0] = np.nan
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"column": self.column, "kind": self.kind, "classes": self.classes}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LabelEncoding:
+        classes = d.get("classes")
+        return cls(str(d["column"]), str(d["kind"]), None if classes is None else list(classes))
+
+    def task(self) -> Task:
+        if self.kind == "multiclass":
+            return Task(self.column, "multiclass", num_classes=self.num_classes)
+        return Task(self.column, self.kind)
+
+
+# ---------------------------------------------------------------------------------------- features
+class TablePreprocessor:
+    """Feature (and label) preprocessing fitted on a training table, serialisable to JSON.
+
+    Args:
+        features: feature columns; ``None`` means every column except the targets at fit time.
+        categorical: columns to one-hot encode even though they hold numbers (e.g. codes).
+        targets: target column -> kind; their encodings are learned by :meth:`fit_targets`.
+
+    Numeric columns are standardized with the means / standard deviations of the table given to
+    :meth:`fit`; other columns are one-hot encoded with the categories seen there. After
+    :meth:`transform`, ``unseen_`` counts, per column, the rows whose category was not seen in fit.
+    """
+
+    def __init__(
+        self,
+        features: Sequence[str] | None = None,
+        categorical: Sequence[str] | None = None,
+        targets: Mapping[str, str] | None = None,
+    ) -> None:
+        self.features: list[str] | None = None if features is None else [str(f) for f in features]
+        self.force_categorical: list[str] = [str(c) for c in (categorical or [])]
+        self.target_kinds: dict[str, str] = dict(targets or {})
+        self.numeric_: list[str] = []
+        self.categorical_: list[str] = []
+        self.means_: dict[str, float] = {}
+        self.stds_: dict[str, float] = {}
+        self.categories_: dict[str, list[str]] = {}
+        self.labels_: dict[str, LabelEncoding] = {}
+        self.unseen_: dict[str, int] = {}
+        self.fitted_ = False
+
+    # -------------------------------------------------------------------------- fitting
+    def _check_columns(self, df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+        missing = [c for c in columns if c not in df.columns]
+        if missing:
+            raise DataError(
+                f"{what} column(s) {missing} not found; available columns: {list(map(str, df.columns))}"
+            )
+
+    def fit(self, df: pd.DataFrame) -> TablePreprocessor:
+        """Learn feature types, means / stds and categories from ``df`` (the training split)."""
+        if self.features is None:
+            self.features = [str(c) for c in df.columns if str(c) not in self.target_kinds]
+        self._check_columns(df, self.features, "feature")
+        self._check_columns(df, self.force_categorical, "categorical")
+        unknown = [c for c in self.force_categorical if c not in self.features]
+        if unknown:
+            raise DataError(f"categorical column(s) {unknown} are not among the features")
+        clash = [c for c in self.features if c in self.target_kinds]
+        if clash:
+            raise DataError(f"column(s) {clash} are both features and targets")
+        if len(df) == 0:
+            raise DataError("cannot fit preprocessing on an empty table")
+        self.numeric_, self.categorical_ = [], []
+        self.means_, self.stds_, self.categories_ = {}, {}, {}
+        for col in self.features:
+            series = df[col]
+            if col not in self.force_categorical and _is_numeric(series):
+                arr = self._numeric(series, col)
+                self.numeric_.append(col)
+                self.means_[col] = float(arr.mean())
+                std = float(arr.std())
+                self.stds_[col] = std if std > 1e-12 else 1.0
+            else:
+                if col not in self.force_categorical:
+                    self._reject_typo_numbers(series, col)
+                self.categorical_.append(col)
+                self.categories_[col] = sorted(set(self._strings(series)))
+        self.fitted_ = True
+        return self
+
+    def fit_targets(self, df: pd.DataFrame) -> TablePreprocessor:
+        """Learn label encodings for the target columns (use the whole table: labels, not features)."""
+        self._check_columns(df, list(self.target_kinds), "target")
+        self.labels_ = {t: LabelEncoding.fit(df[t], k) for t, k in self.target_kinds.items()}
+        return self
+
+    @staticmethod
+    def _reject_typo_numbers(series: pd.Series, col: str) -> None:
+        """A text column whose values are almost all numbers is most likely a typo'd numeric one."""
+        values = series[~_missing(series)]
+        if values.empty:
+            return
+        parsed = pd.to_numeric(values, errors="coerce")
+        ok = parsed.notna().to_numpy()
+        if 0.9 <= ok.mean() < 1.0:
+            pos = int(np.flatnonzero(~ok)[0])
+            raise DataError(
+                f"feature column {col!r} is numeric except for {values.iloc[pos]!r} at row "
+                f"{_row(values, pos)} ({int((~ok).sum())} such row(s)); fix the value or pass "
+                f"categorical=[{col!r}]"
+            )
+
+    @staticmethod
+    def _numeric(series: pd.Series, col: str) -> np.ndarray:
+        values = pd.to_numeric(series, errors="coerce")
+        bad_text = values.isna().to_numpy() & series.notna().to_numpy()
+        if bad_text.any():
+            pos = int(np.flatnonzero(bad_text)[0])
+            raise DataError(
+                f"numeric feature column {col!r} has the non-numeric value {series.iloc[pos]!r} "
+                f"at row {_row(series, pos)}"
+            )
+        arr = values.to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            pos = int(np.flatnonzero(bad)[0])
+            raise DataError(
+                f"numeric feature column {col!r} has {'NaN' if np.isnan(arr[pos]) else 'inf'} at "
+                f"row {_row(series, pos)} ({int(bad.sum())} non-finite row(s) in all); impute or "
+                f"drop them before loading"
+            )
+        return arr
+
+    @staticmethod
+    def _strings(series: pd.Series) -> np.ndarray:
+        """Category labels as strings (``1.0`` and ``1`` both give ``"1"``); missing is its own."""
+        miss = _missing(series)
+        present = series[~miss]
+        mapping = {v: str(_py(v)).strip() for v in pd.unique(present)}
+        out = np.full(len(series), MISSING_CATEGORY, dtype=object)
+        out[~miss] = present.map(mapping).to_numpy(dtype=object)
+        return out
+
+    # -------------------------------------------------------------------------- transforming
+    @property
+    def feature_names(self) -> list[str]:
+        """Output column names: numeric columns, then ``column=category`` one-hot columns."""
+        names = list(self.numeric_)
+        for col in self.categorical_:
+            names.extend(f"{col}={c}" for c in self.categories_[col])
+        return names
+
+    def transform(self, df: pd.DataFrame) -> Tensor:
+        """``float32 [len(df), len(feature_names)]`` features for a table with the fitted columns."""
+        if not self.fitted_:
+            raise DataError("TablePreprocessor.transform called before fit")
+        self._check_columns(df, self.numeric_ + self.categorical_, "feature")
+        n = len(df)
+        blocks: list[np.ndarray] = []
+        if self.numeric_:
+            num = np.empty((n, len(self.numeric_)), dtype=np.float64)
+            for j, col in enumerate(self.numeric_):
+                num[:, j] = (self._numeric(df[col], col) - self.means_[col]) / self.stds_[col]
+            blocks.append(num)
+        self.unseen_ = {}
+        for col in self.categorical_:
+            cats = self.categories_[col]
+            codes = pd.Categorical(self._strings(df[col]), categories=cats).codes.astype(np.int64)
+            onehot = np.zeros((n, len(cats)), dtype=np.float64)
+            seen = codes >= 0
+            onehot[np.flatnonzero(seen), codes[seen]] = 1.0
+            blocks.append(onehot)
+            if (~seen).any():
+                self.unseen_[col] = int((~seen).sum())
+        out = np.concatenate(blocks, axis=1) if blocks else np.zeros((n, 0))
+        return torch.from_numpy(out.astype(np.float32))
+
+    def encode_targets(self, df: pd.DataFrame) -> dict[str, Tensor]:
+        """Encoded labels per target: float32 with NaN, or int64 with -1 for multiclass."""
+        self._check_columns(df, list(self.labels_), "target")
+        return {t: torch.from_numpy(enc.encode(df[t])) for t, enc in self.labels_.items()}
+
+    def tasks(self) -> list[Task]:
+        return [enc.task() for enc in self.labels_.values()]
+
+    # -------------------------------------------------------------------------- serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "features": self.features,
+            "numeric": list(self.numeric_),
+            "categorical": list(self.categorical_),
+            "force_categorical": list(self.force_categorical),
+            "means": dict(self.means_),
+            "stds": dict(self.stds_),
+            "categories": {k: list(v) for k, v in self.categories_.items()},
+            "feature_names": self.feature_names,
+            "targets": {t: enc.to_dict() for t, enc in self.labels_.items()},
+            "target_kinds": dict(self.target_kinds),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TablePreprocessor:
+        pre = cls(d.get("features"), d.get("force_categorical"), d.get("target_kinds"))
+        pre.numeric_ = list(d["numeric"])
+        pre.categorical_ = list(d["categorical"])
+        pre.means_ = {k: float(v) for k, v in d["means"].items()}
+        pre.stds_ = {k: float(v) for k, v in d["stds"].items()}
+        pre.categories_ = {k: [str(c) for c in v] for k, v in d["categories"].items()}
+        pre.labels_ = {t: LabelEncoding.from_dict(e) for t, e in d.get("targets", {}).items()}
+        pre.fitted_ = True
+        return pre
+
+
+# ---------------------------------------------------------------------------------------- loader
+def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read a CSV (optionally compressed) or Parquet file; Parquet needs the ``parquet`` extra."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"table not found: {p}")
+    suffixes = [s.lower() for s in p.suffixes]
+    try:
+        if suffixes and suffixes[-1] in (".parquet", ".pq"):
+            if importlib.util.find_spec("pyarrow") is None:
+                raise ImportError(
+                    f"reading {p} needs pyarrow: pip install 'polytask[parquet]'"
+                )
+            return pd.read_parquet(p, engine="pyarrow")
+        return pd.read_csv(p)
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot read table {p}: {err}") from None
+
+
+def _split_positions(
+    df: pd.DataFrame,
+    split_column: str | None,
+    fractions: tuple[float, float, float],
+    seed: int,
+) -> dict[str, np.ndarray]:
+    if split_column is not None:
+        if split_column not in df.columns:
+            raise DataError(
+                f"split column {split_column!r} not found; available columns: "
+                f"{list(map(str, df.columns))}"
+            )
+        raw = df[split_column]
+        names = raw.map(lambda v: _SPLIT_NAMES.get(str(v).strip().lower())).to_numpy(dtype=object)
+        bad = np.array([v is None for v in names])
+        if bad.any():
+            pos = int(np.flatnonzero(bad)[0])
+            raise DataError(
+                f"split column {split_column!r}: value {raw.iloc[pos]!r} at row "
+                f"{_row(raw, pos)} is not one of {sorted(_SPLIT_NAMES)}"
+            )
+        parts = {s: np.flatnonzero(names == s) for s in ("train", "val", "test")}
+    else:
+        if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(
+            sum(fractions), 1.0, abs_tol=1e-6
+        ):
+            raise DataError(
+                f"split fractions must be 3 non-negative numbers summing to 1: {fractions}"
+            )
+        n = len(df)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
+        n_train, n_val = round(fractions[0] * n), round(fractions[1] * n)
+        parts = {
+            "train": perm[:n_train],
+            "val": perm[n_train : n_train + n_val],
+            "test": perm[n_train + n_val :],
+        }
+    for s, idx in parts.items():
+        if idx.size == 0:
+            raise DataError(f"the {s} split of the table is empty ({len(df)} rows)")
+    return parts
+
+
+def load_table(
+    path: str | os.PathLike[str],
+    targets: list[str],
+    kinds: dict[str, str] | None = None,
+    features: list[str] | None = None,
+    split_column: str | None = None,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    categorical: list[str] | None = None,
+) -> Splits:
+    """Load a table with several target columns as validated :class:`Splits`.
+
+    Args:
+        path: ``.csv`` (optionally ``.gz``/``.zip``/...) or ``.parquet`` file.
+        targets: the label columns, one task each.
+        kinds: target -> ``binary`` / ``multiclass`` / ``regression``; others are inferred
+            with :func:`infer_kind`.
+        features: feature columns; default every column but the targets and ``split_column``.
+        split_column: a column of ``train`` / ``val`` / ``test`` assigning rows to splits;
+            otherwise rows are shuffled with ``seed`` and cut by ``fractions``.
+        categorical: numeric-looking columns to one-hot encode (codes, ids).
+
+    ``row_ids`` are 0-based data-row numbers of the file. ``info["preprocessing"]`` is the JSON
+    form of the fitted :class:`TablePreprocessor` (rebuild it with ``from_dict``).
+    """
+    p = Path(path)
+    df = read_table(p)
+    df.columns = [str(c) for c in df.columns]
+    df = df.reset_index(drop=True)
+    if not targets:
+        raise DataError(f"{p}: no target column given")
+    missing = [t for t in targets if t not in df.columns]
+    if missing:
+        raise DataError(
+            f"{p}: target column(s) {missing} not found; available columns: {list(df.columns)}"
+        )
+    kinds = dict(kinds or {})
+    stray = [k for k in kinds if k not in targets]
+    if stray:
+        raise DataError(f"{p}: kinds given for non-target column(s) {stray}")
+    for t, k in kinds.items():
+        if k not in _KINDS:
+            raise DataError(f"{p}: target {t!r} has unknown kind {k!r}; expected one of {_KINDS}")
+    if features is None:
+        features = [c for c in df.columns if c not in targets and c != split_column]
+    elif split_column is not None and split_column in features:
+        raise DataError(f"{p}: split column {split_column!r} cannot also be a feature")
+    if not features:
+        raise DataError(f"{p}: no feature column left after removing targets {targets}")
+    resolved = {t: kinds.get(t) or infer_kind(df[t]) for t in targets}
+    parts = _split_positions(df, split_column, fractions, seed)
+    pre = TablePreprocessor(features, categorical, resolved)
+    pre.fit_targets(df).fit(df.iloc[parts["train"]])
+    tasks = pre.tasks()
+    data: dict[str, MultiTaskData] = {}
+    unseen: dict[str, dict[str, int]] = {}
+    for split, idx in parts.items():
+        sub = df.iloc[idx]
+        data[split] = MultiTaskData(
+            inputs=pre.transform(sub),
+            targets=pre.encode_targets(sub),
+            tasks=tasks,
+            name=p.name,
+            row_ids=torch.from_numpy(np.asarray(idx, dtype=np.int64)),
+        )
+        if split != "train":
+            unseen[split] = dict(pre.unseen_)
+    splits = Splits(
+        train=data["train"],
+        val=data["val"],
+        test=data["test"],
+        info={
+            "dataset": p.name,
+            "file": str(p),
+            "split": "column" if split_column else "random",
+            "split_column": split_column,
+            "seed": seed,
+            "fractions": list(fractions),
+            "kinds": resolved,
+            "preprocessing": pre.to_dict(),
+            "unseen_categories": unseen,
+        },
+    )
+    return splits.validate().fit_target_scalers()

@@ -1,0 +1,130 @@
+"""Per-task evaluation with torchmetrics, and Δm% against single-task baselines.
+
+Δm% (Maninis et al. 2019; Navon et al. 2022) averages, over tasks, the relative change of each
+task's primary metric with respect to its single-task baseline, signed so that lower is better:
+
+    Δm% = 100/T · Σ_i (-1)^{h_i} (M_i - B_i) / |B_i|
+
+where ``M_i`` is the multi-task model's metric, ``B_i`` the single-task baseline's and ``h_i = 1``
+when higher is better. A negative Δm means that sharing helped.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from polytask.data.base import MultiTaskData, iterate_batches
+from polytask.tasks import Task
+
+__all__ = ["EvaluationError", "delta_m", "evaluate", "predict_outputs"]
+
+Metrics = dict[str, dict[str, float]]
+
+
+class EvaluationError(ValueError):
+    pass
+
+
+@torch.no_grad()
+def predict_outputs(
+    model: nn.Module, data: MultiTaskData, batch_size: int = 512, device: torch.device | None = None
+) -> dict[str, torch.Tensor]:
+    """Raw model outputs for every row of ``data``, concatenated per task (on the CPU)."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    chunks: dict[str, list[torch.Tensor]] = {}
+    for x, _ in iterate_batches(data, batch_size):
+        for name, out in model(x.to(device)).items():
+            chunks.setdefault(name, []).append(out.float().cpu())
+    model.train(was_training)
+    return {k: torch.cat(v) for k, v in chunks.items()}
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    tasks: Sequence[Task],
+    data: MultiTaskData,
+    batch_size: int = 512,
+    device: torch.device | None = None,
+) -> tuple[Metrics, dict[str, int]]:
+    """Metrics per task on the labelled rows of ``data``, the mean loss, and a warning count.
+
+    A metric that is undefined on this split (e.g. ROC-AUC when the labelled rows hold a single
+    class) is reported as NaN *and* counted under ``undefined_metric/<task>/<metric>`` with a
+    warning: it is never silently replaced by a number.
+    """
+    outputs = predict_outputs(model, data, batch_size, device)
+    results: Metrics = {}
+    warnings_count: dict[str, int] = {}
+    for task in tasks:
+        out, y = outputs[task.name], data.targets[task.name]
+        scores: dict[str, float] = {}
+        loss, count = task.loss_and_count(out, y)
+        scores["loss"] = float(loss) if count else math.nan
+        scores["labelled"] = float(count)
+        collection = task.make_metrics()
+        fed = task.update_metrics(collection, out, y)
+        if fed == 0:
+            key = f"no_labels/{task.name}"
+            warnings_count[key] = warnings_count.get(key, 0) + 1
+            warnings.warn(f"task {task.name!r}: no labelled row in {data.name}; metrics are NaN")
+            scores.update({m: math.nan for m in task.metric_factories()})
+        else:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                computed = collection.compute()
+            for name, value in computed.items():
+                v = float(value.float().mean()) if value.numel() else math.nan
+                scores[name] = v
+            labelled = y[task.label_mask(y)]
+            single_class = task.kind.value in ("binary",) and labelled.unique().numel() < 2
+            if caught or single_class:
+                for metric in task.metric_factories():
+                    if metric == "auroc" and single_class:
+                        scores[metric] = math.nan
+                        key = f"undefined_metric/{task.name}/{metric}"
+                        warnings_count[key] = warnings_count.get(key, 0) + 1
+                        warnings.warn(
+                            f"task {task.name!r}: ROC-AUC undefined on {data.name} (one class "
+                            "among the labelled rows); reported as NaN"
+                        )
+        results[task.name] = scores
+    return results, warnings_count
+
+
+def delta_m(
+    metrics: Mapping[str, Mapping[str, float]],
+    baseline: Mapping[str, Mapping[str, float]],
+    tasks: Sequence[Task],
+) -> float:
+    """Δm% of ``metrics`` against ``baseline`` on each task's primary metric (lower is better)."""
+    terms = []
+    for task in tasks:
+        key = task.primary
+        if task.name not in baseline or key not in baseline[task.name]:
+            raise EvaluationError(f"no baseline value of {key!r} for task {task.name!r}")
+        m, b = float(metrics[task.name][key]), float(baseline[task.name][key])
+        if not (math.isfinite(m) and math.isfinite(b)) or b == 0:
+            raise EvaluationError(
+                f"Δm undefined for task {task.name!r}: metric {key} = {m}, baseline = {b}"
+            )
+        sign = -1.0 if task.primary_higher_is_better else 1.0
+        terms.append(sign * (m - b) / abs(b))
+    return 100.0 * sum(terms) / len(terms)
+
+
+def mean_primary(metrics: Mapping[str, Mapping[str, float]], tasks: Sequence[Task]) -> float:
+    """Mean primary metric, signed so that higher is better (used when no baseline is known)."""
+    values = []
+    for task in tasks:
+        v = float(metrics[task.name][task.primary])
+        values.append(v if task.primary_higher_is_better else -v)
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else -math.inf

@@ -1,0 +1,394 @@
+"""The training loop: plain PyTorch, readable top to bottom, and blind to the balancing method.
+
+Each step asks the :class:`~polytask.balancing.engine.GradientEngine` for gradients (it provides
+whatever the balancer declared), clips, steps the optimizer, and gives the balancer its extra
+forward if it asked for one. Each epoch evaluates on validation, keeps the best model by the
+selection criterion, and writes a checkpoint. The test split is evaluated once, at the end, with
+the selected model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from polytask.balancing.base import Balancer
+from polytask.balancing.engine import Communicator, GradientEngine
+from polytask.data.base import Batch, MultiTaskData, Splits, iterate_batches
+from polytask.evaluation.metrics import EvaluationError, delta_m, evaluate, mean_primary
+from polytask.models.base import MultiTaskModel
+from polytask.tasks import Task
+from polytask.training.checkpoint import (
+    capture_rng,
+    load_checkpoint,
+    load_model_state,
+    restore_rng,
+    save_checkpoint,
+)
+from polytask.training.logging import RunLogger
+from polytask.training.settings import TrainSettings
+
+__all__ = ["FitResult", "NonFiniteLossError", "TrainingError", "fit", "resolve_device"]
+
+Metrics = dict[str, dict[str, float]]
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+class NonFiniteLossError(TrainingError):
+    """A task's loss became NaN or inf; the message names the task, step and last checkpoint."""
+
+
+class BatchSource(Protocol):
+    """Anything that yields training batches for an epoch (several-datasets mode implements it)."""
+
+    def batches(
+        self, batch_size: int, generator: torch.Generator, epoch: int, rank: int, world_size: int
+    ) -> Iterator[Batch]: ...
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    best_epoch: int
+    val: Metrics
+    test: Metrics
+    delta_m: float | None
+    selection: str
+    time_s: float
+    epochs_run: int
+    warnings: dict[str, int] = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _optimizer(
+    model: MultiTaskModel, balancer: Balancer, s: TrainSettings
+) -> torch.optim.Optimizer:
+    groups: list[dict[str, Any]] = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    balancer_params = [p for p in balancer.parameters() if p.requires_grad]
+    if balancer_params:  # learnable task weights: no weight decay pulling them to zero
+        groups.append({"params": balancer_params, "weight_decay": 0.0})
+    if s.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+    if s.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=s.lr, weight_decay=s.weight_decay)
+    return torch.optim.AdamW(groups, lr=s.lr, weight_decay=s.weight_decay)
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, s: TrainSettings) -> Any:
+    if s.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=s.epochs)
+    if s.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=s.step_size, gamma=s.gamma)
+    if s.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=s.gamma, patience=max(1, (s.patience or 4) // 2)
+        )
+    return None
+
+
+def _selection_score(
+    rule: str, val: Metrics, tasks: list[Task], stl_val: Mapping[str, Mapping[str, float]] | None
+) -> float:
+    """Higher is better, whatever the rule."""
+    if rule == "delta_m":
+        assert stl_val is not None
+        return -delta_m(val, stl_val, tasks)
+    if rule == "mean_primary":
+        return mean_primary(val, tasks)
+    if rule == "val_loss":
+        return -sum(val[t.name]["loss"] for t in tasks if math.isfinite(val[t.name]["loss"]))
+    task_name, _, metric = rule.partition("/")
+    task = next((t for t in tasks if t.name == task_name), None)
+    if task is None or metric not in val[task_name]:
+        raise TrainingError(f"selection rule {rule!r} names no task/metric of this run")
+    higher = task.primary_higher_is_better if metric == task.primary else metric != "loss"
+    value = val[task_name][metric]
+    return value if higher else -value
+
+
+def _resolve_rule(rule: str, stl_val: Mapping[str, Any] | None) -> str:
+    if rule == "auto":
+        return "delta_m" if stl_val is not None else "mean_primary"
+    if rule == "delta_m" and stl_val is None:
+        raise TrainingError("selection 'delta_m' needs single-task baselines (stl_val)")
+    return rule
+
+
+def _metric_rows(split: str, metrics: Metrics) -> list[tuple[str, str, str, float]]:
+    return [(split, t, m, v) for t, scores in metrics.items() for m, v in scores.items()]
+
+
+def fit(
+    model: MultiTaskModel,
+    splits: Splits,
+    balancer: Balancer,
+    settings: TrainSettings,
+    run_dir: str | Path,
+    *,
+    train_source: BatchSource | None = None,
+    stl_val: Mapping[str, Mapping[str, float]] | None = None,
+    stl_test: Mapping[str, Mapping[str, float]] | None = None,
+    resume: bool = False,
+    communicator: Communicator | None = None,
+    stop_after_epoch: int | None = None,
+) -> FitResult:
+    """Train ``model`` on ``splits.train``, select on ``splits.val``, report on ``splits.test``.
+
+    ``stop_after_epoch`` ends the run early as if interrupted (used to test exact resume).
+    """
+    run_dir = Path(run_dir)
+    tasks, s = splits.tasks, settings
+    comm = communicator or Communicator()
+    rule = _resolve_rule(s.selection, stl_val)
+    device = resolve_device(s.device)
+    seed_everything(s.seed)
+    model.to(device)
+    balancer.to(device)
+    optimizer = _optimizer(model, balancer, s)
+    scheduler = _scheduler(optimizer, s)
+    engine = GradientEngine(
+        model, tasks, balancer, mode=s.engine, chunk_size=s.chunk_size, communicator=comm,
+        dist_mode=s.dist_mode, seed=s.seed, amp=s.amp and device.type == "cuda",
+    )  # fmt: skip
+    last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
+    start_epoch, step = 0, 0
+    best = {"score": -math.inf, "epoch": -1, "bad_epochs": 0}
+    if resume and last_path.exists():
+        state = load_checkpoint(last_path, task_names=model.task_names, map_location=device)
+        load_model_state(model, state, last_path)
+        optimizer.load_state_dict(state["optimizer"])
+        balancer.load_state_dict(state["balancer"])
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        restore_rng(state["rng"])
+        start_epoch, step, best = state["epoch"] + 1, state["step"], dict(state["selection"])
+    is_main = comm.rank == 0
+    logger = RunLogger(
+        run_dir, model.task_names, keep_through_epoch=start_epoch - 1,
+        tensorboard=s.tensorboard and is_main,
+    )  # fmt: skip
+    train_data: MultiTaskData = splits.train
+    started = time.perf_counter()
+    bar = tqdm(range(start_epoch, s.epochs), disable=not (s.progress and is_main), desc="epochs")
+    epoch = start_epoch - 1
+    for epoch in bar:
+        model.train()
+        epoch_start = time.perf_counter()
+        generator = torch.Generator().manual_seed(s.seed * 7919 + epoch)
+        if train_source is not None:
+            batches = train_source.batches(s.batch_size, generator, epoch, comm.rank, comm.world_size)
+        else:
+            batches = iterate_batches(
+                train_data, s.batch_size, shuffle=True, generator=generator,
+                rank=comm.rank, world_size=comm.world_size,
+            )  # fmt: skip
+        loss_sum = torch.zeros(len(tasks), dtype=torch.float64)
+        loss_n = torch.zeros(len(tasks), dtype=torch.float64)
+        for x, y in batches:
+            x, y = x.to(device), {k: v.to(device) for k, v in y.items()}
+            optimizer.zero_grad(set_to_none=True)
+            out = engine.backward(x, y, step, epoch)
+            if out is None:
+                logger.count("batch_without_labels")
+                continue
+            _check_finite(out.losses, out.present, model.task_names, step, epoch, last_path)
+            if s.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+            optimizer.step()
+            engine.after_step(x, y)
+            logger.step(step, epoch, out.weights.cpu(), model.gate_weights())
+            loss_sum += torch.where(out.present, out.losses, 0).double().cpu()
+            loss_n += out.present.double().cpu()
+            step += 1
+        val, val_warnings = evaluate(model, tasks, splits.val, s.eval_batch_size, device)
+        for key, n in {**val_warnings, **_drain(balancer)}.items():
+            logger.count(key, n)
+        score = _selection_score(rule, val, tasks, stl_val)
+        if scheduler is not None:
+            scheduler.step(score) if s.scheduler == "plateau" else scheduler.step()
+        train_loss = (loss_sum / loss_n.clamp(min=1)).tolist()
+        rows = [("train", t, "loss", v) for t, v in zip(model.task_names, train_loss, strict=True)]
+        rows += [("train", "", "loss", float(sum(train_loss)))]
+        rows += _metric_rows("val", val)
+        rows += [("val", "", "selection_score", score), ("train", "", "lr", _lr(optimizer))]
+        rows += [("train", "", "epoch_time_s", time.perf_counter() - epoch_start)]
+        if stl_val is not None:
+            rows.append(("val", "", "delta_m", _safe_delta_m(val, stl_val, tasks)))
+        rows += [("train", "", f"warning/{k}", float(v)) for k, v in logger.warnings.items()]
+        if score > best["score"]:
+            best = {"score": score, "epoch": epoch, "bad_epochs": 0}
+            if is_main:
+                save_checkpoint(best_path, _state(model, optimizer, scheduler, balancer, epoch, step, best))
+        else:
+            best["bad_epochs"] += 1
+        if is_main:
+            logger.epoch(epoch, rows)
+            if (epoch + 1) % s.checkpoint_every == 0 or epoch == s.epochs - 1:
+                save_checkpoint(last_path, _state(model, optimizer, scheduler, balancer, epoch, step, best))
+        bar.set_postfix(loss=f"{sum(train_loss):.3f}", score=f"{score:.4f}")
+        if s.patience is not None and best["bad_epochs"] >= s.patience:
+            break
+        if stop_after_epoch is not None and epoch >= stop_after_epoch:
+            logger.close()
+            raise KeyboardInterrupt(f"stopped after epoch {epoch} as requested")
+    return _finish(
+        model, splits, s, run_dir, best_path, best, rule, stl_test, logger, started, epoch,
+        device, is_main,
+    )  # fmt: skip
+
+
+def _finish(
+    model: MultiTaskModel,
+    splits: Splits,
+    s: TrainSettings,
+    run_dir: Path,
+    best_path: Path,
+    best: dict[str, Any],
+    rule: str,
+    stl_test: Mapping[str, Mapping[str, float]] | None,
+    logger: RunLogger,
+    started: float,
+    last_epoch: int,
+    device: torch.device,
+    is_main: bool,
+) -> FitResult:
+    """Reload the selected model, evaluate it once on validation and test, write results.json."""
+    tasks = splits.tasks
+    if best_path.exists():
+        state = load_checkpoint(best_path, task_names=model.task_names, map_location=device)
+        load_model_state(model, state, best_path)
+    val, _ = evaluate(model, tasks, splits.val, s.eval_batch_size, device)
+    test, test_warnings = evaluate(model, tasks, splits.test, s.eval_batch_size, device)
+    for key, n in test_warnings.items():
+        logger.count(key, n)
+    dm = _safe_delta_m(test, stl_test, tasks) if stl_test is not None else None
+    dm = None if dm is not None and math.isnan(dm) else dm
+    rows = _metric_rows("test", test) + ([("test", "", "delta_m", dm)] if dm is not None else [])
+    if is_main:
+        with (run_dir / "metrics.csv").open("a") as fh:
+            for split, task, metric, value in rows:
+                fh.write(f"{best['epoch']},{split},{task},{metric},{value:.8g}\n")
+    elapsed = time.perf_counter() - started
+    result = FitResult(
+        run_dir=run_dir, best_epoch=int(best["epoch"]), val=val, test=test, delta_m=dm,
+        selection=f"val {rule}", time_s=elapsed, epochs_run=last_epoch + 1,
+        warnings=dict(logger.warnings),
+    )  # fmt: skip
+    results = {
+        "name": run_dir.name,
+        "balancer": s.extra.get("balancer", ""),
+        "architecture": s.extra.get("architecture", ""),
+        "tasks": [
+            {"name": t.name, "kind": t.kind.value, "primary_metric": t.primary,
+             "higher_is_better": t.primary_higher_is_better}
+            for t in tasks
+        ],  # fmt: skip
+        "best_epoch": result.best_epoch,
+        "selection": result.selection,
+        "val": val,
+        "test": test,
+        "delta_m": dm,
+        "stl_reference": stl_test,
+        "time_s": elapsed,
+        "epochs": result.epochs_run,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "warnings": result.warnings,
+    }
+    if is_main:
+        (run_dir / "results.json").write_text(json.dumps(_jsonable(results), indent=2))
+    logger.close()
+    return result
+
+
+def _state(
+    model: MultiTaskModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    balancer: Balancer,
+    epoch: int,
+    step: int,
+    best: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "balancer": balancer.state_dict(),
+        "epoch": epoch,
+        "step": step,
+        "selection": dict(best),
+        "task_names": model.task_names,
+        "rng": capture_rng(),
+    }
+
+
+def _check_finite(
+    losses: torch.Tensor, present: torch.Tensor, names: list[str], step: int, epoch: int, last: Path
+) -> None:
+    bad = present & ~torch.isfinite(losses)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        kept = f"last good checkpoint: {last}" if last.exists() else "no checkpoint written yet"
+        raise NonFiniteLossError(
+            f"loss of task {names[i]!r} is {float(losses[i])} at step {step} (epoch {epoch}); "
+            f"training stopped, {kept}"
+        )
+
+
+def _drain(balancer: Balancer) -> dict[str, int]:
+    counts = {f"balancer/{k}": v for k, v in balancer.warning_counts.items()}
+    balancer.warning_counts.clear()
+    return counts
+
+
+def _lr(optimizer: torch.optim.Optimizer) -> float:
+    return float(optimizer.param_groups[0]["lr"])
+
+
+def _safe_delta_m(
+    metrics: Metrics, baseline: Mapping[str, Mapping[str, float]] | None, tasks: list[Task]
+) -> float:
+    if baseline is None:
+        return math.nan
+    try:
+        return delta_m(metrics, baseline, tasks)
+    except EvaluationError:
+        return math.nan
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    return obj

@@ -1,0 +1,417 @@
+"""The HTML report: built from synthetic run and experiment directories written to the on-disk spec.
+
+The fixtures write exactly what the training loop writes (``metrics.csv`` long format,
+``weights.csv``, ``experts.csv``, ``results.json``, ``config.yaml``, ``summary.json``), so these
+tests pin the reader to the format, and check properties a reader of the report relies on: one
+file with nothing to fetch, every figure a decodable PNG, the numbers and the bold "best" cells in
+the right places, and clear failures for a malformed or missing record.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import math
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from polytask.report import plots, render_report, write_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+IMG_PREFIX = '<img src="data:image/png;base64,'
+
+LEFT = {"name": "left", "kind": "binary", "primary_metric": "auroc", "higher_is_better": True}
+DEPTH = {"name": "depth", "kind": "regression", "primary_metric": "mae", "higher_is_better": False}
+TASK_METRICS = {"left": ("accuracy", "auroc"), "depth": ("mae", "mse")}
+CONFIG_TEXT = "model:\n  trunk: mlp  # a<b & <script>alert(1)</script>\nbalancer: equal\n"
+
+
+# ------------------------------------------------------------------------------------ writers
+def _write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def _metric_value(task: str, metric: str, epoch: int, offset: float) -> float:
+    if metric in ("accuracy", "auroc"):
+        return round(0.6 + 0.05 * epoch + offset, 4)
+    return round(2.0 / (epoch + 1) + offset, 4)
+
+
+def write_run(
+    directory: Path,
+    tasks: list[dict[str, object]],
+    *,
+    name: str = "run",
+    epochs: int = 4,
+    steps_per_epoch: int = 40,
+    offset: float = 0.0,
+    delta_m: float | None = 3.14159,
+    experts: bool = True,
+    results: bool = True,
+) -> Path:
+    """A run directory following the training loop's on-disk format."""
+    directory.mkdir(parents=True, exist_ok=True)
+    names = [str(t["name"]) for t in tasks]
+    rows: list[list[object]] = []
+    for epoch in range(epochs):
+        rows.append([epoch, "train", "", "loss", 1.0 / (epoch + 1)])
+        rows.append([epoch, "train", "", "lr", 1e-3 * 0.9**epoch])
+        rows.append([epoch, "train", "", "epoch_time_s", 1.5])
+        rows.append([epoch, "train", "", "warning/nan_loss", 1 if epoch == 1 else 0])
+        if delta_m is not None:
+            rows.append([epoch, "val", "", "delta_m", 5.0 - epoch])
+        for task in names:
+            rows.append([epoch, "train", task, "loss", 0.9 / (epoch + 1)])
+            rows.append([epoch, "val", task, "loss", 1.0 / (epoch + 1) + 0.05])
+            for metric in TASK_METRICS[task]:
+                rows.append(
+                    [epoch, "val", task, metric, _metric_value(task, metric, epoch, offset)]
+                )
+    if results:
+        for task in names:
+            for metric in TASK_METRICS[task]:
+                value = _metric_value(task, metric, epochs - 1, offset - 0.01)
+                rows.append([epochs - 1, "test", task, metric, value])
+    _write_csv(directory / "metrics.csv", ["epoch", "split", "task", "metric", "value"], rows)
+
+    weight_rows: list[list[object]] = []
+    for step in range(epochs * steps_per_epoch):
+        for i, task in enumerate(names):
+            weight = 1.0 + (0.3 if i == 0 else -0.3) * math.sin(step / 7.0)
+            weight_rows.append([step, step // steps_per_epoch, task, round(weight, 5)])
+    _write_csv(directory / "weights.csv", ["step", "epoch", "task", "weight"], weight_rows)
+
+    if experts:
+        expert_rows: list[list[object]] = []
+        for epoch in range(epochs):
+            for i, task in enumerate(names):
+                raw = [1.0 + i + e * (epoch + 1) for e in range(3)]
+                for e, w in enumerate(raw):
+                    expert_rows.append([epoch, task, e, round(w / sum(raw), 5)])
+        _write_csv(directory / "experts.csv", ["epoch", "task", "expert", "weight"], expert_rows)
+
+    (directory / "config.yaml").write_text(CONFIG_TEXT, encoding="utf-8")
+    if results:
+        best = epochs - 2
+        last = {t: {m: _metric_value(t, m, best, offset) for m in TASK_METRICS[t]} for t in names}
+        test = {
+            t: {m: _metric_value(t, m, epochs - 1, offset - 0.01) for m in TASK_METRICS[t]}
+            for t in names
+        }
+        payload = {
+            "name": name,
+            "balancer": "equal",
+            "architecture": "hard-sharing mlp",
+            "tasks": tasks,
+            "best_epoch": best,
+            "selection": "val delta_m",
+            "val": last,
+            "test": test,
+            "delta_m": delta_m,
+            "stl_reference": {"left": {"auroc": 0.8}, "depth": {"mae": 0.5}},
+            "time_s": 12.5,
+            "epochs": epochs,
+            "num_parameters": 12345,
+            "warnings": {"nan_loss": 1},
+        }
+        (directory / "results.json").write_text(json.dumps(payload), encoding="utf-8")
+    return directory
+
+
+def write_experiment(directory: Path) -> Path:
+    """Four compared trainings: two MTL balancers and one single-task baseline per task."""
+    write_run(directory / "runs" / "equal", [LEFT, DEPTH], name="equal", offset=0.0, delta_m=-1.5)
+    write_run(
+        directory / "runs" / "uncertainty",
+        [LEFT, DEPTH],
+        name="uncertainty",
+        offset=0.02,
+        delta_m=2.0,
+        experts=False,
+    )
+    write_run(directory / "runs" / "stl-left", [LEFT], name="stl:left", delta_m=None, experts=False)
+    write_run(
+        directory / "runs" / "stl-depth", [DEPTH], name="stl:depth", delta_m=None, experts=False
+    )
+    summary = {
+        "title": "Demo: <left> & depth",
+        "tasks": [LEFT, DEPTH],
+        "rows": [
+            {
+                "label": "equal",
+                "run_dir": "runs/equal",
+                "kind": "mtl",
+                "test": {"left": {"auroc": 0.81}, "depth": {"mae": 0.60}},
+                "delta_m": -1.5,
+                "time_s": 30.0,
+            },
+            {
+                "label": "uncertainty",
+                "run_dir": "runs/uncertainty",
+                "kind": "mtl",
+                "test": {"left": {"auroc": 0.85}, "depth": {"mae": 0.55}},
+                "delta_m": 2.0,
+                "time_s": 31.0,
+            },
+            {
+                "label": "stl:left",
+                "run_dir": "runs/stl-left",
+                "kind": "stl",
+                "test": {"left": {"auroc": 0.80}},
+                "delta_m": None,
+                "time_s": 12.0,
+            },
+            {
+                "label": "stl:depth",
+                "run_dir": "runs/stl-depth",
+                "kind": "stl",
+                "test": {"depth": {"mae": 0.50}},
+                "delta_m": None,
+                "time_s": 11.0,
+            },
+        ],
+        "notes": ["Δm is relative to the stl rows."],
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    return directory
+
+
+# ------------------------------------------------------------------------------------ helpers
+def images(text: str) -> list[bytes]:
+    payloads = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
+    return [base64.b64decode(p, validate=True) for p in payloads]
+
+
+def assert_self_contained(text: str) -> None:
+    assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", text, re.I)
+    assert "<script" not in text.lower()
+    assert "<link" not in text.lower()
+    assert "@import" not in text and "url(" not in text
+    assert "http://" not in text and "https://" not in text
+
+
+class _TableParser(HTMLParser):
+    """Rows of the first table: each cell as ``(text, bold)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: list[list[list[tuple[str, bool]]]] = []
+        self._cell: list[str] | None = None
+        self._bold = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell, self._bold = [], False
+        elif tag == "strong" and self._cell is not None:
+            self._bold = True
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[-1][-1].append(("".join(self._cell).strip(), self._bold))
+            self._cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def first_table(text: str) -> list[list[tuple[str, bool]]]:
+    parser = _TableParser()
+    parser.feed(text)
+    return parser.tables[0]
+
+
+# ----------------------------------------------------------------- shared reports (drawn once)
+@pytest.fixture(scope="module")
+def run_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A finished two-task run with experts: (run directory, path write_report returned)."""
+    run = write_run(tmp_path_factory.mktemp("report") / "run", [LEFT, DEPTH], name="two-tasks")
+    return run, write_report(run)
+
+
+@pytest.fixture(scope="module")
+def experiment_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    experiment = write_experiment(tmp_path_factory.mktemp("report") / "demo")
+    return experiment, write_report(experiment)
+
+
+# -------------------------------------------------------------------------------------- tests
+def test_run_report_is_self_contained_with_every_section(run_report: tuple[Path, Path]) -> None:
+    run, path = run_report
+    assert path == run / "report.html"
+    assert path.is_file()
+    text = path.read_text(encoding="utf-8")
+    assert_self_contained(text)
+    # losses, validation metrics, lr/epoch time, task weights, expert heatmap, expert lines
+    assert text.count(IMG_PREFIX) == 6
+    pngs = images(text)
+    assert len(pngs) == 6
+    assert all(png.startswith(PNG_SIGNATURE) for png in pngs)
+    for task in ("left", "depth"):
+        assert task in text
+    assert "+3.14%" in text  # test Δm from results.json, signed, 2 decimals
+    assert "val delta_m" in text  # the selection rule
+    assert "val (epoch 2)" in text  # the best epoch heads the val column
+    assert "Incomplete run" not in text
+    for section in ("Losses", "Validation metrics", "Task weights", "Expert usage", "Warnings"):
+        assert f">{section}</h2>" in text
+        assert f">{section}</a>" in text  # listed in the contents
+    assert "nan_loss" in text
+    # the config is shown collapsed and escaped, never as live markup
+    assert "<details>" in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert "a&lt;b &amp; " in text
+
+
+def test_final_table_has_val_and_test_per_metric(run_report: tuple[Path, Path]) -> None:
+    text = run_report[1].read_text(encoding="utf-8")
+    table = first_table(text.split('id="final"', 1)[1])
+    header = [cell for cell, _ in table[0]]
+    assert header == ["task", "metric", "val (epoch 2)", "test", "single-task reference"]
+    rows = {(r[0][0], r[1][0]): [c for c, _ in r[2:]] for r in table[1:]}
+    assert set(rows) == {
+        ("left", "auroc (primary)"),
+        ("left", "accuracy"),
+        ("depth", "mae (primary)"),
+        ("depth", "mse"),
+    }
+    assert rows[("left", "auroc (primary)")] == ["0.7000", "0.7400", "0.8000"]
+    assert rows[("depth", "mse")][2] == "—"
+
+
+def test_experiment_report_is_self_contained_with_a_section_per_run(
+    experiment_report: tuple[Path, Path],
+) -> None:
+    experiment, path = experiment_report
+    assert path == experiment / "report.html"
+    text = path.read_text(encoding="utf-8")
+    assert_self_contained(text)
+    # the bar chart, then per run: 6 (with experts) + 4 + 4 + 4
+    assert text.count(IMG_PREFIX) == 1 + 6 + 4 + 4 + 4
+    assert all(png.startswith(PNG_SIGNATURE) for png in images(text))
+    assert "Demo: &lt;left&gt; &amp; depth" in text  # the title, escaped
+    assert "Δm is relative to the stl rows." in text  # the notes
+    for task in ("left", "depth"):
+        assert task in text
+    for label in ("equal", "uncertainty", "stl:left", "stl:depth"):
+        assert f">{label}</a>" in text  # one contents entry and section per run
+    assert text.count(">Overview</h4>") == 4
+
+
+def test_run_without_experts_skips_that_section_silently(
+    experiment_report: tuple[Path, Path],
+) -> None:
+    text = experiment_report[1].read_text(encoding="utf-8")
+    sections = text.split(">Overview</h4>")  # [before, equal, uncertainty, stl:left, stl:depth]
+    with_experts, without = sections[1], sections[2]
+    assert with_experts.count(IMG_PREFIX) == 6 and "Expert usage" in with_experts
+    assert without.count(IMG_PREFIX) == 4
+    assert "Expert usage" not in without
+    assert "experts.csv" not in without  # truly optional: not even a "missing" note
+    assert 'class="note"' not in without
+
+
+def test_experiment_table_bolds_the_best_per_column(experiment_report: tuple[Path, Path]) -> None:
+    text = experiment_report[1].read_text(encoding="utf-8")
+    assert "-1.50%" in text and "+2.00%" in text
+    table = first_table(text)
+    header = [cell for cell, _ in table[0]]
+    assert header == ["method", "kind", "left auroc ↑", "depth mae ↓", "Δm % ↓", "time ↓"]
+    body = {row[0][0]: row for row in table[1:]}
+    assert list(body) == ["equal", "uncertainty", "stl:left", "stl:depth"]
+
+    def bold_rows(column: str) -> list[str]:
+        i = header.index(column)
+        return [label for label, row in body.items() if row[i][1]]
+
+    assert bold_rows("left auroc ↑") == ["uncertainty"]  # highest AUROC
+    assert bold_rows("depth mae ↓") == ["stl:depth"]  # lowest MAE
+    assert bold_rows("Δm % ↓") == ["equal"]  # lowest Δm, even though it is negative
+    assert bold_rows("time ↓") == ["stl:depth"]
+    assert body["stl:left"][header.index("depth mae ↓")][0] == "—"
+    assert body["uncertainty"][header.index("left auroc ↑")][0] == "0.8500"
+
+
+def test_incomplete_run_reports_what_exists_with_a_note(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "killed", [LEFT, DEPTH], results=False, experts=False)
+    with (run / "metrics.csv").open("a", encoding="utf-8") as f:
+        f.write("3,val,left,accu")  # the row being written when the run was killed
+    text = write_report(run).read_text(encoding="utf-8")
+
+    assert "Incomplete run" in text
+    assert "results.json not found" in text
+    assert "up to epoch 3" in text
+    assert "last recorded" in text
+    assert text.count(IMG_PREFIX) == 4
+    assert all(png.startswith(PNG_SIGNATURE) for png in images(text))
+
+
+def test_run_with_only_an_empty_metrics_file_still_reports(tmp_path: Path) -> None:
+    run = tmp_path / "just-started"
+    run.mkdir()
+    (run / "metrics.csv").write_text("", encoding="utf-8")
+    text = write_report(run).read_text(encoding="utf-8")
+    assert "Incomplete run" in text
+    assert "Missing from" in text and "weights.csv" in text and "config.yaml" in text
+
+
+def test_malformed_metrics_csv_names_the_file_and_column(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "run", [LEFT])
+    (run / "metrics.csv").write_text("epoch,split,task,metric\n0,train,left,loss\n")
+    with pytest.raises(ValueError, match=r"metrics\.csv.*'value'"):
+        write_report(run)
+
+
+def test_malformed_weights_csv_names_the_file_and_column(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "run", [LEFT])
+    (run / "weights.csv").write_text("step,task,weight\n0,left,1.0\n")
+    with pytest.raises(ValueError, match=r"weights\.csv.*'epoch'"):
+        write_report(run)
+
+
+def test_directory_without_a_record_is_a_clear_error(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match=r"empty.*summary\.json.*results\.json"):
+        write_report(empty)
+    assert not (empty / "report.html").exists()
+
+
+def test_experiment_with_a_missing_run_directory_notes_it(tmp_path: Path) -> None:
+    experiment = write_experiment(tmp_path / "demo")
+    summary = json.loads((experiment / "summary.json").read_text())
+    summary["rows"] = summary["rows"][:1]
+    summary["rows"][0]["run_dir"] = "runs/gone"
+    (experiment / "summary.json").write_text(json.dumps(summary))
+    text = render_report(experiment)
+    assert "runs/gone not found" in text
+    assert text.count(IMG_PREFIX) == 1
+
+
+def test_plots_return_png_bytes_and_leave_no_open_figure() -> None:
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    outputs = [
+        plots.line_plot({"a": ([0, 1, 2], [1.0, 0.5, math.nan])}, "t", "x", "y", vline=1),
+        plots.line_panels({"p": {"a": ([0, 1], [1.0, 2.0])}, "q": {}}, "t", "x"),
+        plots.bar_plot({"g1": {"a": 1.0, "b": 2.0}, "g2": {"a": 0.5}}, "t", "y"),
+        plots.bar_panels({"p": {"a": 1.0, "b": math.nan}}, "t"),
+        plots.heatmap([[0.1, 0.9], [0.5, math.nan]], ["r1", "r2"], ["c1", "c2"], "t"),
+    ]
+    assert all(png.startswith(PNG_SIGNATURE) for png in outputs)
+    assert plt.get_fignums() == before
+    with pytest.raises(ValueError, match="heatmap"):
+        plots.heatmap([[1.0]], ["r1", "r2"], ["c1"], "t")
