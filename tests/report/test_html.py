@@ -65,6 +65,7 @@ def write_run(
         rows.append([epoch, "train", "", "lr", 1e-3 * 0.9**epoch])
         rows.append([epoch, "train", "", "epoch_time_s", 1.5])
         rows.append([epoch, "train", "", "warning/nan_loss", 1 if epoch == 1 else 0])
+        rows.append([epoch, "val", "", "selection_score", 0.5 + 0.1 * epoch])
         if delta_m is not None:
             rows.append([epoch, "val", "", "delta_m", 5.0 - epoch])
         for task in names:
@@ -78,7 +79,9 @@ def write_run(
         for task in names:
             for metric in TASK_METRICS[task]:
                 value = _metric_value(task, metric, epochs - 1, offset - 0.01)
-                rows.append([epochs - 1, "test", task, metric, value])
+                rows.append([epochs - 2, "test", task, metric, value])  # at the best epoch
+        if delta_m is not None:
+            rows.append([epochs - 2, "test", "", "delta_m", delta_m])
     _write_csv(directory / "metrics.csv", ["epoch", "split", "task", "metric", "value"], rows)
 
     weight_rows: list[list[object]] = []
@@ -305,8 +308,12 @@ def test_experiment_report_is_self_contained_with_a_section_per_run(
     assert "Δm is relative to the stl rows." in text  # the notes
     for task in ("left", "depth"):
         assert task in text
-    for label in ("equal", "uncertainty", "stl:left", "stl:depth"):
-        assert f">{label}</a>" in text  # one contents entry and section per run
+    for i, label in enumerate(("equal", "uncertainty", "stl:left", "stl:depth"), start=1):
+        anchor = f"run-{i}-{label.replace(':', '-')}"
+        assert f'<h3 id="{anchor}">{label}</h3>' in text  # a section per run ...
+        assert (
+            text.count(f'<a href="#{anchor}">{label}</a>') == 2
+        )  # ... linked from contents, table
     assert text.count(">Overview</h4>") == 4
 
 
@@ -328,7 +335,7 @@ def test_experiment_table_bolds_the_best_per_column(experiment_report: tuple[Pat
     assert "-1.50%" in text and "+2.00%" in text
     table = first_table(text)
     header = [cell for cell, _ in table[0]]
-    assert header == ["method", "kind", "left auroc ↑", "depth mae ↓", "Δm % ↓", "time ↓"]
+    assert header == ["method", "kind", "left auroc ↑", "depth mae ↓", "Δm ↓", "time ↓"]
     body = {row[0][0]: row for row in table[1:]}
     assert list(body) == ["equal", "uncertainty", "stl:left", "stl:depth"]
 
@@ -338,7 +345,7 @@ def test_experiment_table_bolds_the_best_per_column(experiment_report: tuple[Pat
 
     assert bold_rows("left auroc ↑") == ["uncertainty"]  # highest AUROC
     assert bold_rows("depth mae ↓") == ["stl:depth"]  # lowest MAE
-    assert bold_rows("Δm % ↓") == ["equal"]  # lowest Δm, even though it is negative
+    assert bold_rows("Δm ↓") == ["equal"]  # lowest Δm, even though it is negative
     assert bold_rows("time ↓") == ["stl:depth"]
     assert body["stl:left"][header.index("depth mae ↓")][0] == "—"
     assert body["uncertainty"][header.index("left auroc ↑")][0] == "0.8500"

@@ -108,14 +108,14 @@ DEGREE_VALUES = frozenset(
 FRACTIONS = (0.7, 0.15, 0.15)
 
 
-def read_census(path: str | os.PathLike[str] | None = None, max_rows: int | None = None) -> pd.DataFrame:
+def read_census(
+    path: str | os.PathLike[str] | None = None, max_rows: int | None = None
+) -> pd.DataFrame:
     """The census test file as a DataFrame with named columns, strings stripped."""
     if max_rows is not None and max_rows < 1:
         raise DataError(f"max_rows must be >= 1, got {max_rows}")
     file = files.resolve(CENSUS_FILE, path)
-    df = pd.read_csv(
-        file, header=None, names=CENSUS_COLUMNS, skipinitialspace=True, nrows=max_rows
-    )
+    df = pd.read_csv(file, header=None, names=CENSUS_COLUMNS, skipinitialspace=True, nrows=max_rows)
     if df.shape[1] != len(CENSUS_COLUMNS) or df[CENSUS_COLUMNS[-1]].isna().any():
         raise DataError(f"{file}: expected {len(CENSUS_COLUMNS)} columns on every row")
     for col in df.columns:
@@ -201,9 +201,7 @@ def load_census(
             "tasks": {
                 "income": "column 41 == '50000+.'",
                 "marital": "column 7 == 'Never married'",
-                **(
-                    {"education": f"column 4 in {sorted(DEGREE_VALUES)}"} if three_tasks else {}
-                ),
+                **({"education": f"column 4 in {sorted(DEGREE_VALUES)}"} if three_tasks else {}),
             },
             "preprocessing": pre.to_dict(),
             "unseen_categories": unseen,

@@ -178,7 +178,9 @@ def _download(known: KnownFile, target: Path) -> None:
     """Stream ``known.url`` into a temporary file beside ``target``, check it, then rename."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=".part", dir=target.parent
+        )
     except OSError as err:
         raise DataError(
             f"cannot download {known.name!r}: {target.parent} is not writable ({err}); "

@@ -78,10 +78,14 @@ MOLECULENET: dict[str, MoleculeNetSpec] = {
         "moleculenet/sider.csv", "binary", "SIDER: 1,427 drugs, 27 binary side-effect classes"
     ),
     "clintox": MoleculeNetSpec(
-        "moleculenet/clintox.csv", "binary", "ClinTox: 1,478 molecules, FDA approval and CT toxicity"
+        "moleculenet/clintox.csv",
+        "binary",
+        "ClinTox: 1,478 molecules, FDA approval and CT toxicity",
     ),
     "qm8": MoleculeNetSpec(
-        "moleculenet/qm8.csv.gz", "regression", "QM8: 21,786 molecules, 16 electronic-spectra targets"
+        "moleculenet/qm8.csv.gz",
+        "regression",
+        "QM8: 21,786 molecules, 16 electronic-spectra targets",
     ),
 }
 
@@ -223,7 +227,9 @@ def _cached(
                 arrays = {k: z[k] for k in z.files}
             if all(a.shape[0] == n_rows for a in arrays.values()):
                 return arrays
-            warnings.warn(f"feature cache {path} does not match the data; recomputing", stacklevel=3)
+            warnings.warn(
+                f"feature cache {path} does not match the data; recomputing", stacklevel=3
+            )
         except (OSError, ValueError) as err:
             warnings.warn(f"feature cache {path} is unreadable ({err}); recomputing", stacklevel=3)
     arrays = compute()

@@ -174,7 +174,9 @@ def compose(left: Tensor, right: Tensor) -> Tensor:
     a[:, :SIZE, :SIZE] = left
     c[:, RIGHT_OFFSET : RIGHT_OFFSET + SIZE, RIGHT_OFFSET : RIGHT_OFFSET + SIZE] = right
     canvas = torch.maximum(a, c).unsqueeze(1)
-    out = F.interpolate(canvas, size=(SIZE, SIZE), mode="bilinear", align_corners=False, antialias=True)
+    out = F.interpolate(
+        canvas, size=(SIZE, SIZE), mode="bilinear", align_corners=False, antialias=True
+    )
     return out.clamp_(0.0, 1.0)
 
 
@@ -224,7 +226,10 @@ def load_multimnist(
     }
     pixels = torch.from_numpy(images.astype(np.float32) / 255.0)
     digits = torch.from_numpy(labels.copy())
-    tasks = [Task("left", "multiclass", num_classes=10), Task("right", "multiclass", num_classes=10)]
+    tasks = [
+        Task("left", "multiclass", num_classes=10),
+        Task("right", "multiclass", num_classes=10),
+    ]
     data: dict[str, MultiTaskData] = {}
     pairs: dict[str, list[list[int]]] = {}
     for split, base in parts.items():

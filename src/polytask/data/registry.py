@@ -82,7 +82,9 @@ def _moleculenet_loader(set_name: str) -> Loader:
         return load_moleculenet(set_name, **kwargs)
 
     loader.__name__ = f"load_{set_name}"
-    loader.__doc__ = f"``load_moleculenet({set_name!r}, **kwargs)``: {MOLECULENET[set_name].description}."
+    loader.__doc__ = (
+        f"``load_moleculenet({set_name!r}, **kwargs)``: {MOLECULENET[set_name].description}."
+    )
     return loader
 
 

@@ -56,7 +56,9 @@ def school_task_names(n: int = N_SCHOOLS) -> list[str]:
     return [f"school_{i:03d}" for i in range(n)]
 
 
-def load_school_raw(path: str | os.PathLike[str] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+def load_school_raw(
+    path: str | os.PathLike[str] | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per school ``(X_i float64 [n_i, 28], y_i float64 [n_i])`` exactly as stored (bias included)."""
     from scipy.io import loadmat
 
@@ -70,9 +72,7 @@ def load_school_raw(path: str | os.PathLike[str] | None = None) -> list[tuple[np
             raise DataError(f"{file}: variable {key!r} missing; found {sorted(mat)}")
     X, Y = mat["X"], mat["Y"]
     if X.shape != (1, N_SCHOOLS) or Y.shape != (1, N_SCHOOLS):
-        raise DataError(
-            f"{file}: X and Y must be 1x{N_SCHOOLS} cells, got {X.shape} and {Y.shape}"
-        )
+        raise DataError(f"{file}: X and Y must be 1x{N_SCHOOLS} cells, got {X.shape} and {Y.shape}")
     schools: list[tuple[np.ndarray, np.ndarray]] = []
     for i in range(N_SCHOOLS):
         x = np.asarray(X[0, i], dtype=np.float64)
@@ -131,22 +131,27 @@ def load_school(
     stds = np.where(stds > 1e-12, stds, 1.0)
     inputs = torch.from_numpy(((x_all - means) / stds).astype(np.float32))
     names = school_task_names(len(schools))
-    targets: dict[str, Tensor] = {}
-    for i, name in enumerate(names):
-        col = np.full(len(y_all), np.nan, dtype=np.float32)
-        mine = school_of == i
-        col[mine] = y_all[mine]
-        targets[name] = torch.from_numpy(col)
-    full = MultiTaskData(
-        inputs=inputs,
-        targets=targets,
-        tasks=[Task(name, "regression") for name in names],
-        name="school",
-    )
+    tasks = [Task(name, "regression") for name in names]
+    data: dict[str, MultiTaskData] = {}
+    for split, idx in index.items():
+        owner = school_of[idx]
+        targets: dict[str, Tensor] = {}
+        for i, name in enumerate(names):
+            col = np.full(len(idx), np.nan, dtype=np.float32)
+            mine = owner == i
+            col[mine] = y_all[idx[mine]]
+            targets[name] = torch.from_numpy(col)
+        data[split] = MultiTaskData(
+            inputs=inputs[torch.from_numpy(idx)],
+            targets=targets,
+            tasks=tasks,
+            name="school",
+            row_ids=torch.from_numpy(idx.astype(np.int64)),
+        )
     splits = Splits(
-        train=full.subset(index["train"]),
-        val=full.subset(index["val"]),
-        test=full.subset(index["test"]),
+        train=data["train"],
+        val=data["val"],
+        test=data["test"],
         info={
             "dataset": "school",
             "file": SCHOOL_FILE,
@@ -154,7 +159,7 @@ def load_school(
             "seed": seed,
             "train_fraction": train_fraction,
             "val_fraction_of_train": val_fraction_of_train,
-            "students": int(len(y_all)),
+            "students": len(y_all),
             "preprocessing": {
                 "dropped": ["column 27 (constant bias)"],
                 "standardized_columns": [int(j) for j in np.flatnonzero(~binary)],

@@ -62,9 +62,9 @@ _SPLIT_NAMES = {
 # ---------------------------------------------------------------------------------------- helpers
 def _missing(series: pd.Series) -> np.ndarray:
     """Missing cells: NaN / None / NA, and strings that are empty after stripping."""
-    miss = series.isna().to_numpy()
+    miss = series.isna().to_numpy(dtype=bool)
     if not (pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series)):
-        blank = series.map(lambda v: isinstance(v, str) and not v.strip()).to_numpy(dtype=bool)
+        blank = series.astype(str).str.strip().eq("").to_numpy(dtype=bool, na_value=False)
         miss = miss | blank
     return miss
 
@@ -301,7 +301,8 @@ class TablePreprocessor:
                 if col not in self.force_categorical:
                     self._reject_typo_numbers(series, col)
                 self.categorical_.append(col)
-                self.categories_[col] = sorted(set(self._strings(series)))
+                codes, labels = self._string_codes(series)
+                self.categories_[col] = sorted({labels[c] for c in np.unique(codes)})
         self.fitted_ = True
         return self
 
@@ -349,14 +350,17 @@ class TablePreprocessor:
         return arr
 
     @staticmethod
-    def _strings(series: pd.Series) -> np.ndarray:
-        """Category labels as strings (``1.0`` and ``1`` both give ``"1"``); missing is its own."""
-        miss = _missing(series)
-        present = series[~miss]
-        mapping = {v: str(_py(v)).strip() for v in pd.unique(present)}
-        out = np.full(len(series), MISSING_CATEGORY, dtype=object)
-        out[~miss] = present.map(mapping).to_numpy(dtype=object)
-        return out
+    def _string_codes(series: pd.Series) -> tuple[np.ndarray, list[str]]:
+        """Factorize a column into category labels: ``labels[codes[i]]`` is row ``i``'s label.
+
+        Labels are stripped strings (``1.0`` and ``1`` both give ``"1"``); missing and blank cells
+        get :data:`MISSING_CATEGORY` (code ``-1`` indexes the last label, which is that).
+        """
+        codes, uniques = pd.factorize(series, use_na_sentinel=True)
+        labels = [str(_py(u)).strip() for u in uniques]
+        labels = [lab if lab else MISSING_CATEGORY for lab in labels]
+        labels.append(MISSING_CATEGORY)
+        return np.asarray(codes, dtype=np.int64), labels
 
     # -------------------------------------------------------------------------- transforming
     @property
@@ -382,7 +386,9 @@ class TablePreprocessor:
         self.unseen_ = {}
         for col in self.categorical_:
             cats = self.categories_[col]
-            codes = pd.Categorical(self._strings(df[col]), categories=cats).codes.astype(np.int64)
+            position = {c: k for k, c in enumerate(cats)}
+            row_codes, labels = self._string_codes(df[col])
+            codes = np.array([position.get(lab, -1) for lab in labels], dtype=np.int64)[row_codes]
             onehot = np.zeros((n, len(cats)), dtype=np.float64)
             seen = codes >= 0
             onehot[np.flatnonzero(seen), codes[seen]] = 1.0
@@ -438,9 +444,7 @@ def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
     try:
         if suffixes and suffixes[-1] in (".parquet", ".pq"):
             if importlib.util.find_spec("pyarrow") is None:
-                raise ImportError(
-                    f"reading {p} needs pyarrow: pip install 'polytask[parquet]'"
-                )
+                raise ImportError(f"reading {p} needs pyarrow: pip install 'polytask[parquet]'")
             return pd.read_parquet(p, engine="pyarrow")
         return pd.read_csv(p)
     except (OSError, ValueError) as err:
@@ -470,8 +474,10 @@ def _split_positions(
             )
         parts = {s: np.flatnonzero(names == s) for s in ("train", "val", "test")}
     else:
-        if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(
-            sum(fractions), 1.0, abs_tol=1e-6
+        if (
+            len(fractions) != 3
+            or any(f < 0 for f in fractions)
+            or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6)
         ):
             raise DataError(
                 f"split fractions must be 3 non-negative numbers summing to 1: {fractions}"

@@ -53,7 +53,6 @@ WEIGHTS_COLUMNS = ("step", "epoch", "task", "weight")
 EXPERTS_COLUMNS = ("epoch", "task", "expert", "weight")
 
 _RAW_POINTS_PER_TASK = 4000
-_RUN_LEVEL_CURVES = ("loss", "delta_m")
 _WARNING_PREFIX = "warning/"
 
 
@@ -424,13 +423,15 @@ def _render_experiment(page: _Page, directory: Path) -> str:
     tasks = [t for t in summary.get("tasks", []) if isinstance(t, dict) and "name" in t]
     title = str(summary.get("title") or directory.name)
     labels = [str(row.get("label", f"run {i + 1}")) for i, row in enumerate(rows)]
+    # run headings are "run-<i>-<label>", their sections "r<i>-<section>": never the same id
+    anchors = [_slug(f"run-{i + 1}-{label}") for i, label in enumerate(labels)]
 
     page.heading(2, "Comparison", "comparison")
     notes = [str(n) for n in summary.get("notes", [])]
     if notes:
         page.add("<ul>" + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul>")
     if rows:
-        page.add(_comparison_table(rows, labels, tasks))
+        page.add(_comparison_table(rows, labels, anchors, tasks))
         page.muted(
             "Test metrics of the selected model of each run. Bold: best in the column "
             "(↑ higher is better, ↓ lower is better). Δm: mean relative change of the primary "
@@ -459,7 +460,7 @@ def _render_experiment(page: _Page, directory: Path) -> str:
 
     page.heading(2, "Runs", "runs")
     for i, (label, row) in enumerate(zip(labels, rows, strict=True)):
-        page.heading(3, f"{label}", f"run-{i + 1}-{label}")
+        page.heading(3, label, anchors[i])
         run_dir = row.get("run_dir")
         if not run_dir:
             page.note(f"Row {label!r} of {EXPERIMENT_FILE} names no run_dir.")
@@ -472,12 +473,15 @@ def _render_experiment(page: _Page, directory: Path) -> str:
             )
             continue
         page.muted(f"Run directory: {run_dir}")
-        _render_run(page, load_run(run_path), level=4, prefix=f"run-{i + 1}-")
+        _render_run(page, load_run(run_path), level=4, prefix=f"r{i + 1}-")
     return title
 
 
 def _comparison_table(
-    rows: Sequence[Mapping[str, Any]], labels: Sequence[str], tasks: Sequence[Mapping[str, Any]]
+    rows: Sequence[Mapping[str, Any]],
+    labels: Sequence[str],
+    anchors: Sequence[str],
+    tasks: Sequence[Mapping[str, Any]],
 ) -> str:
     columns: list[tuple[str, list[float | None], bool | None, str]] = []
     for task in tasks:
@@ -487,7 +491,7 @@ def _comparison_table(
         values = [_finite(row.get("test", {}).get(name, {}).get(metric)) for row in rows]
         columns.append((f"{name} {metric}{_direction(direction)}", values, direction, "metric"))
     columns.append(
-        ("Δm %" + _direction(False), [_finite(r.get("delta_m")) for r in rows], False, "dm")
+        ("Δm" + _direction(False), [_finite(r.get("delta_m")) for r in rows], False, "dm")
     )
     columns.append(
         ("time" + _direction(False), [_finite(r.get("time_s")) for r in rows], False, "t")
@@ -497,7 +501,8 @@ def _comparison_table(
 
     body = []
     for i, (label, row) in enumerate(zip(labels, rows, strict=True)):
-        cells = [(_esc(label), ""), (_esc(row.get("kind", "")), "")]
+        link = f'<a href="#{anchors[i]}">{_esc(label)}</a>'
+        cells = [(link, ""), (_esc(row.get("kind", "")), "")]
         for (_, values, _, kind), winners in zip(columns, best, strict=True):
             text = _esc(formatter[kind](values[i]))
             cells.append(
@@ -651,7 +656,8 @@ def _loss_section(
     best: int | None,
     vline_label: str | None,
 ) -> None:
-    losses = metrics[(metrics["metric"] == "loss")].dropna(subset=["value"])
+    losses = metrics[(metrics["metric"] == "loss") & (metrics["split"] != "test")]
+    losses = losses.dropna(subset=["value"])
     page.heading(level, "Losses", f"{prefix}losses")
     if losses.empty:
         page.muted("No losses recorded.")
@@ -679,10 +685,11 @@ def _val_section(
 ) -> None:
     val = metrics[(metrics["split"] == "val") & (metrics["metric"] != "loss")]
     val = val.dropna(subset=["value"])
+    val = val[~val["metric"].str.startswith(_WARNING_PREFIX)]
     per_task = val[val["task"] != ""]
-    delta_m = val[(val["task"] == "") & (val["metric"] == "delta_m")]
+    run_level = val[val["task"] == ""]  # delta_m, the selection score
     page.heading(level, "Validation metrics", f"{prefix}validation")
-    if per_task.empty and delta_m.empty:
+    if val.empty:
         page.muted("No validation metrics recorded.")
         return
     panels: dict[str, dict[str, plots.Series]] = {}
@@ -693,20 +700,27 @@ def _val_section(
         groups = dict(tuple(rows.groupby("task", sort=False)))
         panels[metric] = {t: _curve(groups[t]) for t in order if t in groups}
         ylabels[metric] = metric
-    if not delta_m.empty:
-        panels["Δm % vs single-task"] = {"val Δm": _curve(delta_m)}
-        ylabels["Δm % vs single-task"] = "Δm % (lower is better)"
+    for metric, rows in run_level.groupby("metric", sort=True):
+        if metric == "delta_m":
+            panels["Δm % vs single-task"] = {"val Δm": _curve(rows)}
+            ylabels["Δm % vs single-task"] = "Δm % (lower is better)"
+        else:
+            panels[f"{metric} (run)"] = {"val": _curve(rows)}
+            ylabels[f"{metric} (run)"] = str(metric)
     png = plots.line_panels(
         panels, "Validation metrics", "epoch", ylabels=ylabels, vline=best, vline_label=vline_label
     )
-    page.figure(png, "validation metrics per epoch", "One panel per metric, one line per task.")
+    caption = (
+        "One panel per metric, one line per task; run-level values (Δm, selection score) last."
+    )
+    page.figure(png, "validation metrics per epoch", caption)
 
 
 def _schedule_section(page: _Page, metrics: pd.DataFrame, level: int, prefix: str) -> None:
-    run_level = metrics[(metrics["task"] == "")].dropna(subset=["value"])
+    run_level = metrics[(metrics["task"] == "") & ~metrics["split"].isin(("val", "test"))]
+    run_level = run_level.dropna(subset=["value"])
     run_level = run_level[
-        ~run_level["metric"].isin(_RUN_LEVEL_CURVES)
-        & ~run_level["metric"].str.startswith(_WARNING_PREFIX)
+        (run_level["metric"] != "loss") & ~run_level["metric"].str.startswith(_WARNING_PREFIX)
     ]
     if run_level.empty:
         return

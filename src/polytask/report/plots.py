@@ -25,6 +25,7 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 __all__ = [
     "PNG_SIGNATURE",
@@ -125,9 +126,10 @@ def _draw_lines(
     markers: bool = False,
 ) -> None:
     drawn = 0
+    raw_alpha = 0.3 / max(1.0, math.sqrt(len(raw or {}) / 2))  # many tasks: fainter raw lines
     for key, (xs, ys) in (raw or {}).items():
         if len(xs):
-            ax.plot(xs, ys, color=colors.get(key, "0.6"), linewidth=0.5, alpha=0.3)
+            ax.plot(xs, ys, color=colors.get(key, "0.6"), linewidth=0.5, alpha=raw_alpha)
     for key, (xs, ys) in series.items():
         if not len(xs):
             continue
@@ -137,6 +139,8 @@ def _draw_lines(
     if drawn == 0:
         _no_data(ax)
         return
+    if all(float(x).is_integer() for xs, _ in series.values() for x in xs):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs, steps: no "1.5"
     entries = drawn
     if vline is not None:
         ax.axvline(vline, color="0.4", linestyle="--", linewidth=0.9, label=vline_label)

