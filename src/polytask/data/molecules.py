@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
@@ -189,6 +190,17 @@ def scaffold_split(
         else:
             test.extend(group)
     return train, val, test
+
+
+def _caller_stacklevel() -> int:
+    """``stacklevel`` that points a warning at the first frame outside ``polytask.data``."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == here:
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level
 
 
 def _check_fractions(fractions: tuple[float, float, float]) -> None:
@@ -382,7 +394,7 @@ def load_smiles_csv(
         warnings.warn(
             f"{label}: skipped {len(skipped)} molecule(s) whose SMILES rdkit could not parse "
             f"(data rows {shown})",
-            stacklevel=2,
+            stacklevel=_caller_stacklevel(),
         )
     keep = np.flatnonzero(valid)
     if keep.size == 0:

@@ -1,0 +1,41 @@
+"""Experiment configs: typos and wrong types fail with the key's path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from polytask.config import ConfigError, load_config
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_unknown_key_is_named_with_its_path(tmp_path: Path) -> None:
+    path = _write(tmp_path, "data: {dataset: multimnist}\ntraining: {epocs: 3}\n")
+    with pytest.raises(ConfigError, match=r"training\.epocs: unknown key"):
+        load_config(path)
+
+
+def test_wrong_type_is_named_with_its_path(tmp_path: Path) -> None:
+    path = _write(tmp_path, "data: {dataset: multimnist}\ntraining: {lr: fast}\n")
+    with pytest.raises(ConfigError, match=r"training\.lr"):
+        load_config(path)
+
+
+def test_data_needs_exactly_one_source(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="exactly one of 'dataset' or 'table'"):
+        load_config(_write(tmp_path, "data: {}\n"))
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_examples_are_valid_and_open_with_their_command(example: Path) -> None:
+    first = example.read_text().splitlines()[0]
+    assert first.startswith("# polytask train examples/"), first
+    load_config(example)
