@@ -69,7 +69,7 @@ def test_missing_file_offline_says_where_and_how(
 
 
 def test_unknown_name_lists_known_files() -> None:
-    with pytest.raises(DataError, match="moleculenet/tox21.csv"):
+    with pytest.raises(DataError, match=r"moleculenet/tox21\.csv"):
         resolve("nope/nothing.csv")
 
 

@@ -18,6 +18,15 @@ the update of the shared part. Under torch.distributed two modes exist: ``exact`
 single-process update on the global batch (losses, Jacobians or Gramians are summed across ranks
 before the balancer sees them) and ``cheap`` averages the weights of the local balancers. Every
 incompatible combination raises :class:`EngineError` at construction, saying why.
+
+Distributed details (see ``docs/distributed.md``). Every rank makes the same collective calls in the
+same order whatever its data: per step one all-reduce of ``[label counts, label-weighted loss
+sums]``, then (exact) the Jacobian or the representation Gramian, or (cheap) the balancers' weights
+with an error flag, then one flat all-reduce of the parameter gradients. ``cheap`` gives each local
+balancer only the tasks labelled *on its rank* (a globally present task without a label here would
+be a zero loss and a zero Jacobian row), averages each task's weight over the ranks where it is
+present, and averages the resulting gradients; a balancer error on one rank is raised on every rank
+instead of leaving the others blocked in the next collective.
 """
 
 from __future__ import annotations

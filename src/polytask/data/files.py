@@ -42,11 +42,13 @@ _CHUNK = 1 << 20
 _TIMEOUT_S = 60.0
 
 _CHEMPROP = "https://raw.githubusercontent.com/chemprop/chemprop/b83635bcddaddcdb91d453128edec9f2be0d25cf/data"
-# The README pins these two repositories by abbreviated commit ids; GitHub resolves them, and the
-# SHA-256 check below is what actually guarantees the bytes.
+# The data README names these two commits only by abbreviated ids (the full ids could not be
+# looked up offline); the SHA-256 check, not the URL, is what guarantees the bytes, and a URL that
+# stops resolving fails loudly with the file name and the POLYTASK_DATA hint.
 _MNIST = "https://raw.githubusercontent.com/MohamedHesham02/MNIST_DCGAN_pytorch/5aa0ca76/DCGAN/data/MNIST/raw"
 _MMOE = "https://raw.githubusercontent.com/drawbridge/keras-mmoe/2718f56e4313716fd3a86e9510bc2df0cc366238/data"
 _MALSAR = "https://raw.githubusercontent.com/jiayuzhou/MALSAR/fb975159/data"
+# The README gives no commit for the 200-row sample: a branch URL, guarded by the checksum.
 _DEEPCTR = "https://raw.githubusercontent.com/shenweichen/DeepCTR/master/examples"
 
 

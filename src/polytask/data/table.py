@@ -464,8 +464,10 @@ def _split_positions(
                 f"{list(map(str, df.columns))}"
             )
         raw = df[split_column]
-        names = raw.map(lambda v: _SPLIT_NAMES.get(str(v).strip().lower())).to_numpy(dtype=object)
-        bad = np.array([v is None for v in names])
+        names = np.array(
+            [_SPLIT_NAMES.get(str(v).strip().lower(), "") for v in raw.to_numpy()], dtype=object
+        )
+        bad = names == ""
         if bad.any():
             pos = int(np.flatnonzero(bad)[0])
             raise DataError(

@@ -1,0 +1,169 @@
+"""Nash-MTL: multi-task learning as a bargaining game (Navon et al. 2022, ICML).
+
+The update ``d = Σ_i α_i g_i`` is the Nash bargaining solution among the tasks: ``α`` solves
+``G α = 1/α`` (element-wise; ``G = J Jᵀ``), i.e. every task's improvement ``g_i·d`` equals ``1/α_i``.
+The paper solves it by a sequence of convex problems (concave-convex procedure); torchjd's
+``NashMTL`` implements the authors' cvxpy + ECOS formulation (``optim_niter`` iterations, warm
+started from the previous step's ``α``), and ``d`` is rescaled to norm ``max_norm`` when longer
+(``max_norm = 1``, the authors' clipping; 0 disables it). Weights are recomputed every
+``update_weights_every`` steps and reused in between, as in the paper.
+
+Gramian only. torchjd's API takes the Jacobian but reads nothing else than ``J Jᵀ``; we pass a
+square factor ``F`` with ``F Fᵀ = G``, so the cheap Gramian mode works and the result is the same.
+
+Silent fallbacks found in torchjd (and the authors' code) and what we do about them:
+
+* an ECOS exception (``SolverError``/``ValueError``, e.g. with a zero gradient) or an
+  infeasible/unbounded problem (strongly conflicting gradients) makes it return the *previous*
+  ``α`` (all ones at the first step) without any signal; ECOS hitting its iteration limit returns
+  a partial solution. We check every result against the bargaining condition: if the relative
+  residual ``||G α - 1/α|| / ||1/α||`` exceeds ``residual_tol`` (a solved problem gives ~1e-8), the
+  previous weights of these tasks are kept (the documented recovery), ``nash_mtl/solver_failed``
+  is counted and a ``RuntimeWarning`` names the step; after ``max_consecutive_failures`` failed
+  solves in a row a :class:`~polytask.balancing.base.BalancerError` stops training, so it can
+  never silently train with equal weights;
+* a missing ``cvxpy``/``ecos`` raises :class:`~polytask.balancing.base.BalancerError` at
+  construction (torchjd's ImportError, with the install hint);
+* torchjd sizes its problem by the number of tasks at construction; we keep one solver per number
+  of present tasks and the full ``α`` vector as a buffer (so checkpoints restore the warm start and
+  a batch with a missing task does not reset anything).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from polytask.balancing._common import (
+    check_int,
+    check_number,
+    factor_of_gramian,
+    guarded,
+    warn_and_count,
+)
+from polytask.balancing.base import (
+    Balancer,
+    BalancerError,
+    Combination,
+    Needs,
+    StepInfo,
+    scatter_present,
+)
+from polytask.balancing.registry import register_balancer
+
+__all__ = ["NashMTL"]
+
+
+def _make_solver(n_tasks: int, optim_niter: int) -> Any:
+    from torchjd.aggregation import NashMTL as _TorchjdNashMTL
+
+    # max_norm=0: torchjd returns the unclipped α; clipping is done here, also for reused weights.
+    return _TorchjdNashMTL(
+        n_tasks=n_tasks, max_norm=0.0, update_weights_every=1, optim_niter=optim_niter
+    ).weighting
+
+
+@register_balancer("nash_mtl")
+class NashMTL(Balancer):
+    """Nash bargaining weights ``G α = 1/α`` (cvxpy + ECOS through torchjd)."""
+
+    family = "gradient"
+    needs = Needs(gradients="gramian")
+    reference = (
+        "Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik & Fetaya 2022, Multi-Task "
+        "Learning as a Bargaining Game, ICML"
+    )
+
+    def __init__(
+        self,
+        task_names: Sequence[str],
+        max_norm: float = 1.0,
+        update_weights_every: int = 1,
+        optim_niter: int = 20,
+        residual_tol: float = 1e-3,
+        max_consecutive_failures: int = 20,
+    ) -> None:
+        super().__init__(task_names)
+        self.max_norm = check_number("nash_mtl", "max_norm", max_norm, low=0.0)
+        self.update_weights_every = check_int(
+            "nash_mtl", "update_weights_every", update_weights_every, low=1
+        )
+        self.optim_niter = check_int("nash_mtl", "optim_niter", optim_niter, low=1)
+        self.residual_tol = check_number(
+            "nash_mtl", "residual_tol", residual_tol, low=0.0, low_inclusive=False
+        )
+        self.max_consecutive_failures = check_int(
+            "nash_mtl", "max_consecutive_failures", max_consecutive_failures, low=1
+        )
+        try:
+            _make_solver(1, self.optim_niter)
+        except ImportError as err:
+            raise BalancerError(
+                f"nash_mtl needs cvxpy and ecos: {err} (or pip install 'polytask[cvx]')"
+            ) from None
+        self._solvers: dict[int, Any] = {}
+        t = self.num_tasks
+        self.register_buffer("alpha", torch.ones(t, dtype=torch.float64))
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+        self.register_buffer("consecutive_failures", torch.zeros((), dtype=torch.long))
+
+    def _solve(self, gramian: Tensor, index: Tensor, step: int) -> None:
+        m = gramian.shape[0]
+        solver = self._solvers.get(m)
+        if solver is None:
+            solver = self._solvers[m] = _make_solver(m, self.optim_niter)
+        start = self.alpha[index].cpu().numpy().astype(np.float64)
+        solver.prvs_alpha = start.copy()
+        factor = factor_of_gramian(gramian)
+        alpha = guarded("nash_mtl", step, "the cvxpy/ECOS solve", lambda: solver(factor))
+        alpha = alpha.detach().double().cpu()
+        inverse = 1.0 / alpha
+        residual = float(torch.linalg.norm(gramian.cpu() @ alpha - inverse) / torch.linalg.norm(inverse))
+        if bool(torch.isfinite(alpha).all()) and bool((alpha > 0).all()) and residual <= self.residual_tol:
+            self.alpha[index] = alpha.to(self.alpha)
+            self.consecutive_failures.zero_()
+            return
+        self.consecutive_failures += 1
+        failures = int(self.consecutive_failures)
+        if failures >= self.max_consecutive_failures:
+            raise BalancerError(
+                f"nash_mtl: the ECOS solve failed {failures} times in a row (last at step {step}, "
+                f"relative residual {residual:.2e}); the tasks' gradients admit no bargaining "
+                "solution or the solver is broken, refusing to go on with stale weights"
+            )
+        warn_and_count(
+            self,
+            "nash_mtl/solver_failed",
+            f"nash_mtl: the ECOS solve failed at step {step} (relative residual of G a = 1/a: "
+            f"{residual:.2e}); keeping the previous weights {start.round(4).tolist()}",
+        )
+
+    def combine(self, step: StepInfo) -> Combination:
+        assert step.gramian is not None
+        gramian = step.gramian.detach().double()
+        if not bool(torch.isfinite(gramian).all()):
+            raise BalancerError(f"nash_mtl: non-finite Gramian at step {step.step}")
+        index = step.present_index.to(self.alpha.device)
+        if int(self.calls) % self.update_weights_every == 0:
+            with torch.no_grad():
+                self._solve(gramian, index, step.step)
+        self.calls += 1
+        alpha = self.alpha[index].to(gramian.device)
+        if self.max_norm > 0:
+            norm = float((alpha @ gramian @ alpha).clamp(min=0.0).sqrt())
+            if norm > self.max_norm:
+                alpha = alpha * (self.max_norm / norm)
+        return Combination(weights=scatter_present(alpha.to(step.losses.dtype), step.present))
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {
+            "max_norm": self.max_norm,
+            "update_weights_every": self.update_weights_every,
+            "optim_niter": self.optim_niter,
+            "residual_tol": self.residual_tol,
+            "max_consecutive_failures": self.max_consecutive_failures,
+        }
