@@ -25,7 +25,7 @@ def test_readme_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert block is not None
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {}
-    exec(compile(block.group(1), str(README), "exec"), namespace)  # noqa: S102
+    exec(compile(block.group(1), str(README), "exec"), namespace)
     result = namespace["result"]
     assert 0.0 <= result.test["left"]["accuracy"] <= 1.0  # type: ignore[attr-defined]
     assert (tmp_path / "runs" / "readme-example" / "results.json").exists()

@@ -230,6 +230,28 @@ def report(directory: Annotated[Path, typer.Argument(help="Run or experiment dir
     typer.echo(str(path))
 
 
+bench_app = typer.Typer(help="Benchmarks (long runs; never part of the test suite).", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command(
+    "overhead",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def bench_overhead(ctx: typer.Context) -> None:
+    """Median step time and peak memory of every balancer relative to equal weighting.
+
+    Options are passed through: --tasks 2,12,40 --methods ... --modes ... --repeats N
+    --out docs/benchmarks/overhead.md --no-libmtl (see `polytask bench overhead --help-bench`).
+    """
+    from polytask.bench.overhead import main_overhead
+
+    args = list(ctx.args)
+    if "--help-bench" in args:
+        args = ["--help"]
+    raise typer.Exit(code=main_overhead(args))
+
+
 def main() -> None:
     os.environ.setdefault("PYTHONWARNINGS", "default")
     try:

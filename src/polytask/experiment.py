@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from polytask.balancing import create_balancer
+from polytask.balancing.engine import Communicator
 from polytask.config import ExperimentConfig
 from polytask.data.base import MultiTaskData, Splits
 from polytask.models import create_model, create_trunk
@@ -50,7 +51,7 @@ def load_data(config: ExperimentConfig, seed: int) -> Splits:
         splits = load_table(
             d.table, targets=d.targets, kinds=d.kinds or None, features=d.features,
             seed=split_seed, **d.options,
-        )  # fmt: skip
+        )
     else:
         assert d.dataset is not None
         options = dict(d.options)
@@ -82,7 +83,7 @@ def single_task_splits(splits: Splits, task: Task) -> Splits:
         return MultiTaskData(
             inputs=sub.inputs, targets={task.name: sub.targets[task.name]}, tasks=[task],
             name=f"{data.name}[{task.name}]", row_ids=sub.row_ids, info=data.info,
-        )  # fmt: skip
+        )
 
     return Splits(keep(splits.train), keep(splits.val), keep(splits.test), info=splits.info)
 
@@ -169,7 +170,7 @@ def _train_stl(
     return RunRecord(
         label=label, kind="stl", seed=seed, run_dir=target, val=results["val"],
         test=results["test"], delta_m=None, time_s=results["time_s"],
-    )  # fmt: skip
+    )
 
 
 def run_experiment(
@@ -177,8 +178,14 @@ def run_experiment(
     out_dir: str | Path | None = None,
     log: Callable[[str], None] = print,
     splits_override: Splits | None = None,
+    communicator: Communicator | None = None,
 ) -> ExperimentResult:
-    """Train every configured balancer for every seed (plus STL baselines) and write a report."""
+    """Train every configured balancer for every seed (plus STL baselines) and write a report.
+
+    ``communicator`` (torch.distributed, see :mod:`polytask.training.distributed`) is handed to
+    the multi-task runs only; single-task baselines always train single-process (each rank that
+    calls this trains or reads the same ones from the cache).
+    """
     out = Path(out_dir or Path(config.output_dir) / config.name)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(config.to_yaml())
@@ -204,19 +211,22 @@ def run_experiment(
             balancer = create_balancer(
                 bc.name, [t.name for t in tasks], task_weights={t.name: t.weight for t in tasks},
                 **bc.options,
-            )  # fmt: skip
+            )
             settings: TrainSettings = config.training.settings(
                 seed, balancer=bc.name, architecture=config.model.architecture
             )
             run_dir = out / f"{bc.display}-seed{seed}"
             (run_dir).mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(config.to_yaml())
-            fitted = fit(model, splits, balancer, settings, run_dir, stl_val=stl_val, stl_test=stl_test)
+            fitted = fit(
+                model, splits, balancer, settings, run_dir, stl_val=stl_val, stl_test=stl_test,
+                communicator=communicator,
+            )
             result.runs.append(
                 RunRecord(
                     label=bc.display, kind="mtl", seed=seed, run_dir=run_dir, val=fitted.val,
                     test=fitted.test, delta_m=fitted.delta_m, time_s=fitted.time_s,
-                )  # fmt: skip
+                )
             )
     assert result is not None
     _write_summary(config, result)
@@ -232,7 +242,7 @@ def _write_summary(config: ExperimentConfig, result: ExperimentResult) -> None:
             {"name": t.name, "kind": t.kind.value, "primary_metric": t.primary,
              "higher_is_better": t.primary_higher_is_better}
             for t in result.tasks
-        ],  # fmt: skip
+        ],
         "rows": [
             {
                 "label": r.label if len(config.seeds) == 1 else f"{r.label} (seed {r.seed})",

@@ -106,12 +106,13 @@ class Task:
             ) from None
         if not self.name or not isinstance(self.name, str):
             raise ValueError(f"task name must be a non-empty string, got {self.name!r}")
-        if self.kind in (TaskKind.MULTICLASS, TaskKind.MULTILABEL):
-            if self.num_classes is None or self.num_classes < 2:
-                raise ValueError(
-                    f"task {self.name!r}: kind {self.kind.value} needs num_classes >= 2, "
-                    f"got {self.num_classes}"
-                )
+        if self.kind in (TaskKind.MULTICLASS, TaskKind.MULTILABEL) and (
+            self.num_classes is None or self.num_classes < 2
+        ):
+            raise ValueError(
+                f"task {self.name!r}: kind {self.kind.value} needs num_classes >= 2, "
+                f"got {self.num_classes}"
+            )
         if self.kind is TaskKind.CUSTOM and (
             self.head is None or self.loss is None or self.metrics is None or self.out_dim is None
         ):

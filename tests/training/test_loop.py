@@ -113,7 +113,7 @@ def test_nan_loss_stops_naming_task_and_step_and_keeps_last_checkpoint(tmp_path:
 
 
 def test_corrupt_and_mismatched_checkpoints_are_named(mnist: Splits, tmp_path: Path) -> None:
-    model, _ = _train(mnist, tmp_path / "run")
+    _train(mnist, tmp_path / "run")
     path = tmp_path / "run" / "checkpoints" / "best.pt"
     with pytest.raises(CheckpointError, match="trained on tasks"):
         load_checkpoint(path, task_names=["left", "middle"])

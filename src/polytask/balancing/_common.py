@@ -85,8 +85,7 @@ def check_int(method: str, parameter: str, value: Any, *, low: int) -> int:
 def check_choice(method: str, parameter: str, value: Any, choices: Sequence[str]) -> str:
     if value not in choices:
         raise BalancerError(
-            f"{method}: hyper-parameter {parameter!r} must be one of {list(choices)}, "
-            f"got {value!r}"
+            f"{method}: hyper-parameter {parameter!r} must be one of {list(choices)}, got {value!r}"
         )
     return str(value)
 
@@ -211,9 +210,14 @@ class GramianWeightingBalancer(Balancer):
         assert step.gramian is not None
         method = self.name
         if self.scale_invariant:
-            gramian = guarded(method, step.step, "Gramian normalisation", lambda: trace_normalized(
-                step.gramian  # type: ignore[arg-type]
-            ))
+            gramian = guarded(
+                method,
+                step.step,
+                "Gramian normalisation",
+                lambda: trace_normalized(
+                    step.gramian  # type: ignore[arg-type]
+                ),
+            )
         else:
             gramian = step.gramian.detach().double()
         if gramian is None:

@@ -42,7 +42,10 @@ class ConFIG(Balancer):
         assert step.jacobian is not None and step.gramian is not None
         jacobian = step.jacobian.detach()
         direction = guarded(
-            "config", step.step, "the pseudo-inverse solve", lambda: self._solver["config"](jacobian)
+            "config",
+            step.step,
+            "the pseudo-inverse solve",
+            lambda: self._solver["config"](jacobian),
         )
         weights = least_squares_weights(jacobian, step.gramian, direction)
         check_finite_weights("config", step.step, weights)

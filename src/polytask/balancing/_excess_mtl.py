@@ -44,9 +44,7 @@ class ExcessMTL(Balancer):
 
     family = "gradient"
     needs = Needs(gradients="jacobian")
-    reference = (
-        "He, Zhou, Zhao & Zhang 2024, Robust Multi-Task Learning with Excess Risks, ICML"
-    )
+    reference = "He, Zhou, Zhao & Zhang 2024, Robust Multi-Task Learning with Excess Risks, ICML"
 
     def __init__(self, task_names: Sequence[str], robust_step_size: float = 1e-2) -> None:
         super().__init__(task_names)
@@ -104,5 +102,3 @@ class ExcessMTL(Balancer):
 
     def hyperparameters(self) -> dict[str, Any]:
         return {"robust_step_size": self.robust_step_size}
-
-

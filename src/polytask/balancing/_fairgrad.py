@@ -24,8 +24,12 @@ import torch
 from torch import Tensor
 from torchjd.aggregation import FairGradWeighting
 
-from polytask.balancing._common import GramianWeightingBalancer, check_int, check_number
-from polytask.balancing._common import warn_and_count
+from polytask.balancing._common import (
+    GramianWeightingBalancer,
+    check_int,
+    check_number,
+    warn_and_count,
+)
 from polytask.balancing.base import BalancerError, StepInfo
 from polytask.balancing.registry import register_balancer
 
@@ -49,14 +53,16 @@ class FairGrad(GramianWeightingBalancer):
     ) -> None:
         super().__init__(task_names)
         self.alpha = check_number("fairgrad", "alpha", alpha, low=0.0)
-        self.max_iters = None if max_iters is None else check_int(
-            "fairgrad", "max_iters", max_iters, low=1
+        self.max_iters = (
+            None if max_iters is None else check_int("fairgrad", "max_iters", max_iters, low=1)
         )
         self.residual_tol = check_number(
             "fairgrad", "residual_tol", residual_tol, low=0.0, low_inclusive=False
         )
         try:
-            self._solver = {"fairgrad": FairGradWeighting(alpha=self.alpha, max_iters=self.max_iters)}
+            self._solver = {
+                "fairgrad": FairGradWeighting(alpha=self.alpha, max_iters=self.max_iters)
+            }
         except ImportError as err:
             raise BalancerError(f"fairgrad: {err}") from None
 
@@ -64,7 +70,9 @@ class FairGrad(GramianWeightingBalancer):
         weights = self._solver["fairgrad"](gramian)
         if self.alpha > 0:
             target = weights.clamp(min=1e-300) ** (-1.0 / self.alpha)
-            residual = float(torch.linalg.norm(gramian @ weights - target) / torch.linalg.norm(target))
+            residual = float(
+                torch.linalg.norm(gramian @ weights - target) / torch.linalg.norm(target)
+            )
             if not residual <= self.residual_tol:
                 warn_and_count(
                     self,

@@ -44,9 +44,7 @@ class FAMO(Balancer):
 
     family = "loss"
     needs = Needs(gradients="none", after_step=True)
-    reference = (
-        "Liu, Feng, Stone & Liu 2023, FAMO: Fast Adaptive Multitask Optimization, NeurIPS"
-    )
+    reference = "Liu, Feng, Stone & Liu 2023, FAMO: Fast Adaptive Multitask Optimization, NeurIPS"
 
     def __init__(
         self,
@@ -147,5 +145,3 @@ class FAMO(Balancer):
             "betas": list(self.betas),
             "adam_eps": self.adam_eps,
         }
-
-

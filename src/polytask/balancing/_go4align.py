@@ -133,9 +133,7 @@ class GO4Align(Balancer):
             0, group, torch.ones_like(gamma.cpu())
         )
         weights = (sums / counts)[group].to(device=losses.device, dtype=losses.dtype)
-        return Combination(
-            weights=scatter_present(weights, present), loss=(weights * losses).sum()
-        )
+        return Combination(weights=scatter_present(weights, present), loss=(weights * losses).sum())
 
     def hyperparameters(self) -> dict[str, Any]:
         return {"num_groups": self.num_groups, "robust_step_size": self.robust_step_size}

@@ -53,7 +53,10 @@ class GradDrop(Balancer):
         jacobian = step.jacobian.detach()
         with seeded_global_rng(step.generator, jacobian.device):
             direction = guarded(
-                "graddrop", step.step, "the sign dropout", lambda: self._solver["graddrop"](jacobian)
+                "graddrop",
+                step.step,
+                "the sign dropout",
+                lambda: self._solver["graddrop"](jacobian),
             )
         weights = least_squares_weights(jacobian, step.gramian, direction)
         check_finite_weights("graddrop", step.step, weights)

@@ -79,7 +79,9 @@ class GradNorm(Balancer):
             total = float(w.sum())
             new = (w - self.lr * grad).clamp(min=1e-6)
             self.task_weights[index] = new * (total / float(new.sum()))
-        out = (weights_now * present.double()).to(device=step.losses.device, dtype=step.losses.dtype)
+        out = (weights_now * present.double()).to(
+            device=step.losses.device, dtype=step.losses.dtype
+        )
         return Combination(weights=out)
 
     def hyperparameters(self) -> dict[str, Any]:

@@ -89,9 +89,7 @@ class MGDA(Balancer):
             "the Frank-Wolfe min-norm solver",
             lambda: self._solver["mgda"](normalized),
         )
-        return Combination(
-            weights=scatter_present(weights.to(step.losses.dtype), step.present)
-        )
+        return Combination(weights=scatter_present(weights.to(step.losses.dtype), step.present))
 
     def hyperparameters(self) -> dict[str, Any]:
         return {

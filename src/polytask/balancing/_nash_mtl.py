@@ -31,6 +31,7 @@ Silent fallbacks found in torchjd (and the authors' code) and what we do about t
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -113,17 +114,30 @@ class NashMTL(Balancer):
 
     def _solve(self, gramian: Tensor, index: Tensor, step: int) -> None:
         m = gramian.shape[0]
-        solver = self._solvers.get(m)
-        if solver is None:
-            solver = self._solvers[m] = _make_solver(m, self.optim_niter)
         start = self.alpha[index].cpu().numpy().astype(np.float64)
-        solver.prvs_alpha = start.copy()
-        factor = factor_of_gramian(gramian)
-        alpha = guarded("nash_mtl", step, "the cvxpy/ECOS solve", lambda: solver(factor))
-        alpha = alpha.detach().double().cpu()
+        if m == 1:
+            # Closed form (torchjd's cvxpy formulation fails on a single task): G α² = 1.
+            alpha = 1.0 / gramian.cpu().reshape(1).clamp(min=0.0).sqrt()
+        else:
+            solver = self._solvers.get(m)
+            if solver is None:
+                solver = self._solvers[m] = _make_solver(m, self.optim_niter)
+            solver.prvs_alpha = start.copy()
+            factor = factor_of_gramian(gramian)
+            with warnings.catch_warnings():
+                # cvxpy's note that the problem is not DPP-compliant (a performance remark).
+                warnings.filterwarnings("ignore", message=".*not DPP.*")
+                alpha = guarded("nash_mtl", step, "the cvxpy/ECOS solve", lambda: solver(factor))
+            alpha = alpha.detach().double().cpu()
         inverse = 1.0 / alpha
-        residual = float(torch.linalg.norm(gramian.cpu() @ alpha - inverse) / torch.linalg.norm(inverse))
-        if bool(torch.isfinite(alpha).all()) and bool((alpha > 0).all()) and residual <= self.residual_tol:
+        residual = float(
+            torch.linalg.norm(gramian.cpu() @ alpha - inverse) / torch.linalg.norm(inverse)
+        )
+        if (
+            bool(torch.isfinite(alpha).all())
+            and bool((alpha > 0).all())
+            and residual <= self.residual_tol
+        ):
             self.alpha[index] = alpha.to(self.alpha)
             self.consecutive_failures.zero_()
             return

@@ -34,6 +34,4 @@ class ScaleInvariant(Balancer):
         )
         losses = step.losses[step.present]
         loss = torch.log(losses).sum()
-        return Combination(
-            weights=scatter_present(1.0 / losses.detach(), step.present), loss=loss
-        )
+        return Combination(weights=scatter_present(1.0 / losses.detach(), step.present), loss=loss)

@@ -141,10 +141,47 @@ class GradientEngine:
             from torchjd.autogram import Engine
 
             self._autogram = Engine(*model.shared_modules(), batch_dim=0)
+        #: cheap DDP: each task's weight averaged over the ranks where it is present (this step).
+        self._mean_weights: Tensor | None = None
+        #: a rank-local update direction whose finiteness is checked after the all-reduce.
+        self._deferred_check = False
+        if self.comm.world_size > 1:
+            self._check_replicas()
 
     @property
     def _gradients(self) -> str:
         return self.balancer.needs.gradients
+
+    @property
+    def _cheap(self) -> bool:
+        return self.comm.world_size > 1 and self.dist_mode == "cheap"
+
+    def _check_replicas(self) -> None:
+        """Under DDP every rank must start from the same model and balancer state.
+
+        Rank 0's values are recovered exactly by a sum in which every other rank contributes
+        zeros (``x + 0 == x``); a mismatch anywhere is then summed so that every rank raises.
+        """
+        tensors = [
+            t.detach()
+            for module in (self.model, self.balancer)
+            for t in (*module.parameters(), *module.buffers())
+            if t.is_floating_point()
+        ]
+        if not tensors:
+            return
+        device = tensors[0].device
+        local = torch.cat([t.reshape(-1).to(device=device, dtype=torch.float64) for t in tensors])
+        first = self.comm.sum(local if self.comm.rank == 0 else torch.zeros_like(local))
+        same = (first == local) | (first.isnan() & local.isnan())
+        bad = torch.tensor([0.0 if bool(same.all()) else 1.0], dtype=torch.float64, device=device)
+        n_bad = int(self.comm.sum(bad)[0])
+        if n_bad > 0:
+            raise EngineError(
+                f"{n_bad} rank(s) start from other model or balancer values "
+                "than rank 0: build the model with the same seed (or load the same checkpoint) on "
+                "every rank"
+            )
 
     def _validate(self) -> None:
         need = self._gradients
@@ -222,12 +259,23 @@ class GradientEngine:
     ) -> StepOutput | None:
         """Forward, losses, gradients: afterwards every parameter's ``.grad`` holds the update.
 
-        Returns ``None`` (and touches no gradient) when no task has a label in the batch.
+        Returns ``None`` (and touches no gradient) when no task has a label in the batch (on any
+        rank under DDP: every rank returns ``None`` together).
         """
         per_sample, counts, rep, rep_in = self.forward_losses(x, targets)
         local_losses = per_sample.sum(dim=0)
-        exact = self.comm.world_size > 1 and self.dist_mode == "exact"
-        global_counts = self.comm.sum(counts.clone())
+        distributed = self.comm.world_size > 1
+        exact = distributed and self.dist_mode == "exact"
+        cheap = distributed and not exact
+        global_means = local_losses.detach()
+        if distributed:
+            # One all-reduce: every rank's label counts and label-weighted loss sums.
+            t = len(self.tasks)
+            stats = self.comm.sum(torch.cat([counts, local_losses.detach().double() * counts]))
+            global_counts = stats[:t]
+            global_means = (stats[t:] / global_counts.clamp(min=1)).to(local_losses.dtype)
+        else:
+            global_counts = counts
         present = global_counts > 0
         if not bool(present.any()):
             return None  # no task labelled anywhere in this batch: nothing to learn from it
@@ -236,33 +284,77 @@ class GradientEngine:
             # share of it, so summing gradients over ranks gives the global gradient exactly.
             share = torch.where(present, counts / global_counts.clamp(min=1), 0.0).to(per_sample)
             local_part = local_losses * share
-            global_losses = self.comm.sum(local_part.detach().clone())
-            losses = local_part + (global_losses - local_part).detach()
+            losses = local_part + (global_means - local_part).detach()
         else:
             losses = local_losses
         info = StepInfo(
             losses=losses,
-            present=present,
+            # cheap: the local balancer sees the tasks labelled on this rank only
+            present=counts > 0 if cheap else present,
             step=step,
             epoch=epoch,
             generator=self._generator(step),
         )
-        if self._gradients == "none":
+        self._deferred_check = False
+        if cheap and not bool(info.present.any()):
+            combination = self._combine(info)  # no label here: take part in the reductions only
+        elif self._gradients == "none":
             combination = self._loss_based(info)
         elif self.mode == "gramian":
             combination = self._gramian_based(info, per_sample)
         else:
             combination = self._jacobian_based(info, rep, rep_in)
-        self._reduce_parameter_grads(exact)
+        self._reduce_parameter_grads(exact, step)
+        weights = combination.weights.detach()
+        if cheap:
+            assert self._mean_weights is not None
+            weights = self._mean_weights.to(weights.dtype)
         return StepOutput(
-            losses=losses.detach(),
+            losses=global_means if cheap else losses.detach(),
             present=present,
             counts=global_counts,
-            weights=combination.weights.detach(),
+            weights=weights,
         )
 
+    def _combine(self, info: StepInfo) -> Combination:
+        """The balancer's answer; under cheap DDP also the weights averaged across ranks.
+
+        Cheap DDP runs one balancer per rank on that rank's data, so a balancer may fail on one
+        rank only; the failure travels with the weights' all-reduce and every rank raises, instead
+        of the other ranks waiting forever in their next collective.
+        """
+        if not self._cheap:
+            return self.balancer.combine(info)
+        combination: Combination | None = None
+        error: Exception | None = None
+        if bool(info.present.any()):
+            try:
+                combination = self.balancer.combine(info)
+            except Exception as err:  # re-raised below, once every rank knows
+                error = err
+        t = len(self.tasks)
+        device = info.losses.device
+        here = info.present.to(device=device, dtype=torch.float64)
+        local = torch.zeros(t, dtype=torch.float64, device=device)
+        if combination is not None:
+            w = combination.weights.detach().to(device=device, dtype=torch.float64)
+            local = torch.where(info.present.to(device), w, 0.0)
+        failed = torch.tensor([0.0 if error is None else 1.0], dtype=torch.float64, device=device)
+        stats = self.comm.sum(torch.cat([local, here, failed]))
+        if float(stats[-1]) > 0:
+            if error is not None:
+                raise error
+            raise BalancerError(
+                f"{type(self.balancer).__name__} failed on another rank at step {info.step} "
+                "(cheap DDP runs one balancer per rank); see that rank's error"
+            )
+        self._mean_weights = stats[:t] / stats[t : 2 * t].clamp(min=1)
+        if combination is None:  # this rank had no label: it contributes zero gradients
+            combination = Combination(weights=self._mean_weights.clone())
+        return combination
+
     def _loss_based(self, info: StepInfo) -> Combination:
-        combination = self.balancer.combine(info)
+        combination = self._combine(info)
         if combination.loss is None:
             raise BalancerError(f"{type(self.balancer).__name__} returned no loss to backpropagate")
         combination.loss.backward()
@@ -273,9 +365,10 @@ class GradientEngine:
         rows = per_sample[:, info.present]
         batch, tp = rows.shape
         full = self._autogram.compute_gramian(rows)  # [B*Tp, B*Tp], batch-major
-        gramian = full.reshape(batch, tp, batch, tp).sum(dim=(0, 2))
-        info.gramian = self.comm.sum(gramian)
-        combination = self.balancer.combine(info)
+        # Local Gramian. Under DDP only cheap mode gets here (exact DDP refuses this mode: the
+        # global Gramian has cross-rank terms), and its balancers work on their rank's data.
+        info.gramian = full.reshape(batch, tp, batch, tp).sum(dim=(0, 2))
+        combination = self._combine(info)
         weights = self._weights_for_update(combination)
         present_losses = info.losses[info.present]
         torch.autograd.backward(
@@ -301,25 +394,31 @@ class GradientEngine:
             )
             jacobian = _flat_cat(parts, tp)
         else:  # this rank holds no label of any present task: its share of J is zero
-            jacobian = torch.zeros(tp, sum(t.numel() for t in targets))
-        exact = self.comm.world_size > 1 and self.dist_mode == "exact"
+            jacobian = targets[0].new_zeros(tp, sum(t.numel() for t in targets))
+        distributed = self.comm.world_size > 1
+        exact = distributed and self.dist_mode == "exact"
         if rep_in is None:
             if exact:
                 jacobian = self.comm.sum(jacobian)
             info.jacobian = jacobian
             info.gramian = jacobian @ jacobian.T
         else:
+            # Representation rows are this rank's samples: J's columns are split across ranks,
+            # so the global Gramian is the sum of the local ones (no cross terms).
             info.jacobian = jacobian
             gramian = jacobian @ jacobian.T
             info.gramian = self.comm.sum(gramian) if exact else gramian
-        combination = self.balancer.combine(info)
-        if combination.direction is not None and self.comm.world_size > 1 and not exact:
-            direction = self.comm.mean(combination.direction)
-        elif combination.direction is not None:
+        combination = self._combine(info)
+        if combination.direction is not None:
+            # Cheap DDP: the local directions are averaged with the gradients in
+            # _reduce_parameter_grads (a representation direction is per sample: it must never be
+            # averaged across ranks, whose rows are different samples).
             direction = combination.direction
         else:
             direction = self._weights_for_update(combination)[info.present].to(jacobian) @ jacobian
-        if not torch.isfinite(direction).all():
+        if distributed and (not exact or rep_in is not None):
+            self._deferred_check = True  # rank-local: checked on the reduced gradients instead
+        elif not torch.isfinite(direction).all():
             raise BalancerError(
                 f"{type(self.balancer).__name__} produced a non-finite update at step {info.step}"
             )
@@ -333,8 +432,9 @@ class GradientEngine:
 
     def _weights_for_update(self, combination: Combination) -> Tensor:
         weights = combination.weights.detach()
-        if self.comm.world_size > 1 and self.dist_mode == "cheap":
-            weights = self.comm.mean(weights.clone())
+        if self._cheap:
+            assert self._mean_weights is not None
+            weights = self._mean_weights.to(weights.dtype)
         if not torch.isfinite(weights).all():
             raise BalancerError(
                 f"{type(self.balancer).__name__} produced non-finite task weights {weights.tolist()}"
@@ -347,34 +447,60 @@ class GradientEngine:
         if params and present_losses.requires_grad:
             torch.autograd.backward(present_losses.sum(), inputs=params)
 
-    def _reduce_parameter_grads(self, exact: bool) -> None:
+    def _reduce_parameter_grads(self, exact: bool, step: int) -> None:
+        """All-reduce the gradients: SUM (exact) or MEAN (cheap); balancer parameters: MEAN.
+
+        One flat all-reduce per (device, dtype) instead of one per parameter. In exact jacobian
+        mode the shared gradients were set from the summed Jacobian and are skipped.
+        """
         if self.comm.world_size == 1:
             return
         shared_done = exact and self._gradients != "none" and self.mode == "jacobian"
-        model_params = [p for p in self.model.parameters() if p.requires_grad]
         shared_ids = {id(p) for p in self.shared}
-        for p in model_params:
-            if shared_done and id(p) in shared_ids:
-                continue
+        model_params = [
+            p
+            for p in self.model.parameters()
+            if p.requires_grad and not (shared_done and id(p) in shared_ids)
+        ]
+        balancer_params = [p for p in self.balancer.parameters() if p.requires_grad]
+        summed = {id(p) for p in model_params} if exact else set()
+        groups: dict[tuple[torch.device, torch.dtype], list[nn.Parameter]] = {}
+        for p in [*model_params, *balancer_params]:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-            p.grad = self.comm.sum(p.grad) if exact else self.comm.mean(p.grad)
-        for p in self.balancer.parameters():
-            if p.requires_grad:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                p.grad = self.comm.mean(p.grad)
+            groups.setdefault((p.grad.device, p.grad.dtype), []).append(p)
+        finite = True
+        for params in groups.values():
+            flat = self.comm.sum(torch.cat([p.grad.reshape(-1) for p in params]))
+            finite = finite and bool(torch.isfinite(flat).all())
+            offset = 0
+            for p in params:
+                g = flat[offset : offset + p.numel()].view_as(p)
+                p.grad = g if id(p) in summed else g / self.comm.world_size
+                offset += p.numel()
+        if self._deferred_check and not finite:  # the reduced values: every rank agrees
+            raise BalancerError(
+                f"{type(self.balancer).__name__} produced a non-finite update at step {step}"
+            )
 
     @torch.no_grad()
     def after_step(self, x: Tensor, targets: dict[str, Tensor]) -> None:
-        """The extra forward some balancers ask for: losses on the same batch after the update."""
+        """The extra forward some balancers ask for: losses on the same batch after the update.
+
+        Exact DDP hands every rank's balancer the global mean losses; cheap DDP hands each local
+        balancer its own rank's losses, as it saw them in ``combine``.
+        """
         if not self.balancer.needs.after_step:
             return
         outputs = self.model(x)
         per_sample, counts = self._sample_losses(outputs, targets)
-        global_counts = self.comm.sum(counts.clone())
         losses = per_sample.sum(dim=0)
-        if self.comm.world_size > 1:
-            share = (counts / global_counts.clamp(min=1)).to(losses)
-            losses = self.comm.sum(losses * share)
-        self.balancer.after_step(losses, global_counts > 0)
+        present = counts > 0
+        if self.comm.world_size > 1 and self.dist_mode == "exact":
+            t = len(self.tasks)
+            stats = self.comm.sum(torch.cat([counts, losses.double() * counts]))
+            present = stats[:t] > 0
+            losses = (stats[t:] / stats[:t].clamp(min=1)).to(losses.dtype)
+        elif self._cheap and not bool(present.any()):
+            return  # this rank had no label: its balancer did not take part in the step
+        self.balancer.after_step(losses, present)

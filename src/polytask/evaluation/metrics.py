@@ -74,7 +74,7 @@ def evaluate(
         if fed == 0:
             key = f"no_labels/{task.name}"
             warnings_count[key] = warnings_count.get(key, 0) + 1
-            warnings.warn(f"task {task.name!r}: no labelled row in {data.name}; metrics are NaN")
+            warnings.warn(f"task {task.name!r}: no labelled row in {data.name}; metrics are NaN", stacklevel=2)
             scores.update({m: math.nan for m in task.metric_factories()})
         else:
             with warnings.catch_warnings(record=True) as caught:
@@ -93,7 +93,8 @@ def evaluate(
                         warnings_count[key] = warnings_count.get(key, 0) + 1
                         warnings.warn(
                             f"task {task.name!r}: ROC-AUC undefined on {data.name} (one class "
-                            "among the labelled rows); reported as NaN"
+                            "among the labelled rows); reported as NaN",
+                            stacklevel=2,
                         )
         results[task.name] = scores
     return results, warnings_count

@@ -1,13 +1,12 @@
 """Multi-task architectures and trunks; every one is reachable by name through the registry."""
 
-from polytask.models import (  # noqa: F401  (registers built-ins)
-    cross_stitch as _cross_stitch,
-    dselect_k as _dselect_k,
-    hard_sharing as _hard_sharing,
-    mmoe as _mmoe,
-    mtan as _mtan,
-    ple as _ple,
-)
+# Importing each architecture module registers it.
+from polytask.models import cross_stitch as _cross_stitch  # noqa: F401
+from polytask.models import dselect_k as _dselect_k  # noqa: F401
+from polytask.models import hard_sharing as _hard_sharing  # noqa: F401
+from polytask.models import mmoe as _mmoe  # noqa: F401
+from polytask.models import mtan as _mtan  # noqa: F401
+from polytask.models import ple as _ple  # noqa: F401
 from polytask.models.base import HardSharing, MultiTaskModel, infer_out_features
 from polytask.models.registry import (
     available_architectures,

@@ -43,7 +43,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from polytask.models.mmoe import MMoE, GateInputKind
+from polytask.models.mmoe import GateInputKind, MMoE
 from polytask.models.registry import register_architecture
 from polytask.tasks import Task
 

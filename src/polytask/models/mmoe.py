@@ -45,9 +45,9 @@ from polytask.models.trunks import MLP, SmallCNN
 from polytask.tasks import Task
 
 __all__ = [
-    "MMoE",
     "GateFeatures",
     "InputPrep",
+    "MMoE",
     "clone_module",
     "example_batch",
     "flat_width",

@@ -80,7 +80,9 @@ def load_checkpoint(
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for corrupt files
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a polytask checkpoint: {err}")
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a polytask checkpoint: {err}"
+        ) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} does not hold a dictionary")
     missing = [k for k in REQUIRED_KEYS if k not in state]

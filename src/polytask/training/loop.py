@@ -177,7 +177,7 @@ def fit(
     engine = GradientEngine(
         model, tasks, balancer, mode=s.engine, chunk_size=s.chunk_size, communicator=comm,
         dist_mode=s.dist_mode, seed=s.seed, amp=s.amp and device.type == "cuda",
-    )  # fmt: skip
+    )
     last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
     start_epoch, step = 0, 0
     best = {"score": -math.inf, "epoch": -1, "bad_epochs": 0}
@@ -198,7 +198,7 @@ def fit(
     logger = RunLogger(
         run_dir, model.task_names, keep_through_epoch=start_epoch - 1,
         tensorboard=s.tensorboard and is_main,
-    )  # fmt: skip
+    )
     train_data: MultiTaskData = splits.train
     started = time.perf_counter()
     bar = tqdm(range(start_epoch, s.epochs), disable=not (s.progress and is_main), desc="epochs")
@@ -213,7 +213,7 @@ def fit(
             batches = iterate_batches(
                 train_data, s.batch_size, shuffle=True, generator=generator,
                 rank=comm.rank, world_size=comm.world_size,
-            )  # fmt: skip
+            )
         loss_sum = torch.zeros(len(tasks), dtype=torch.float64)
         loss_n = torch.zeros(len(tasks), dtype=torch.float64)
         for x, y in batches:
@@ -266,7 +266,7 @@ def fit(
     return _finish(
         model, splits, s, run_dir, best_path, best, rule, stl_test, logger, started, epoch,
         device, is_main,
-    )  # fmt: skip
+    )
 
 
 def _finish(
@@ -305,7 +305,7 @@ def _finish(
         run_dir=run_dir, best_epoch=int(best["epoch"]), val=val, test=test, delta_m=dm,
         selection=f"val {rule}", time_s=elapsed, epochs_run=last_epoch + 1,
         warnings=dict(logger.warnings),
-    )  # fmt: skip
+    )
     results = {
         "name": run_dir.name,
         "balancer": s.extra.get("balancer", ""),
@@ -314,7 +314,7 @@ def _finish(
             {"name": t.name, "kind": t.kind.value, "primary_metric": t.primary,
              "higher_is_better": t.primary_higher_is_better}
             for t in tasks
-        ],  # fmt: skip
+        ],
         "seed": s.seed,
         "best_epoch": result.best_epoch,
         "selection": result.selection,
