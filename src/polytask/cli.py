@@ -252,6 +252,68 @@ def bench_overhead(ctx: typer.Context) -> None:
     raise typer.Exit(code=main_overhead(args))
 
 
+@bench_app.command("run")
+def bench_run(
+    suite_path: Annotated[Path, typer.Argument(metavar="SUITE", help="YAML suite (see benchmarks/).")],
+    out: Annotated[
+        Path | None, typer.Option(help="Results directory (default: bench-results/<suite name>).")
+    ] = None,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(help="Run a subset: KEY=V1,V2 with KEY dataset|architecture|balancer|seed "
+                          "(repeatable; balancer also takes stl, equal_tuned)."),
+    ] = None,
+) -> None:
+    """Run a benchmark matrix (dataset x architecture x balancer x seed), resumably.
+
+    Each finished cell is written to OUT/cells/<cell>.json and skipped when the command is run
+    again; single-task baselines and a tuned equal-weights baseline are added automatically.
+    """
+    from polytask.bench.suite import SuiteError, command_line, load_suite, parse_only, run_suite
+
+    try:
+        suite = load_suite(suite_path)
+        selection = parse_only(only or [])
+    except SuiteError as err:
+        _fail(err)
+    results = out or Path("bench-results") / suite.name
+    started = time.perf_counter()
+    # The command recorded in every cell is rebuilt from the parsed arguments (with the
+    # resolved --out), not read from sys.argv, so it reruns the same cells from any launcher.
+    args = [str(suite_path), "--out", str(results)]
+    args += [part for item in only or [] for part in ("--only", item)]
+    summary = run_suite(
+        suite, results, only=selection, log=_echo, command=command_line(["bench", "run", *args]),
+        suite_file=suite_path,
+    )
+    typer.echo(
+        f"{len(summary.ran)} cells run, {len(summary.skipped)} already finished, "
+        f"{len(summary.failed)} failed in {time.perf_counter() - started:.1f} s; results: {results}"
+    )
+    if summary.failed:
+        typer.echo("failed: " + ", ".join(summary.failed), err=True)
+        raise typer.Exit(code=1)
+
+
+@bench_app.command("report")
+def bench_report(
+    results_dir: Annotated[Path, typer.Argument(help="A directory written by `polytask bench run`.")],
+    out: Annotated[Path, typer.Option(help="Markdown file; its PNGs are written beside it.")] = Path(
+        "docs/results.md"
+    ),
+) -> None:
+    """Markdown tables (mean ± std over seeds, best marked) and PNG plots of a benchmark run."""
+    from polytask.bench.suite import command_line
+    from polytask.bench.suite_report import write_results
+
+    try:
+        command = command_line(["bench", "report", str(results_dir), "--out", str(out)])
+        path = write_results(results_dir, out, report_command=command)
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        _fail(err)
+    typer.echo(str(path))
+
+
 def main() -> None:
     os.environ.setdefault("PYTHONWARNINGS", "default")
     try:

@@ -2,15 +2,27 @@
 
 Unknown keys and wrong types fail with the key's full path (``training.lr: Input should be a valid
 number``), so a typo never silently falls back to a default.
+
+Several data sets: ``data.sources`` lists per-source data set specs (or ``data.dataset`` names a
+several-datasets loader such as ``school_sources``), and ``training.sampling`` says which source
+feeds each step (:mod:`polytask.data.sampling`). Several architectures: ``models`` (a labelled
+list) replaces ``model`` to compare them on the same data, splits, balancers and baselines.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from polytask.training.settings import TrainSettings
 
@@ -20,6 +32,8 @@ __all__ = [
     "DataConfig",
     "ExperimentConfig",
     "ModelConfig",
+    "SamplingConfig",
+    "SourceConfig",
     "load_config",
 ]
 
@@ -32,10 +46,33 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class SourceConfig(_Strict):
+    """One data set of a several-datasets run: a registered ``dataset`` and its loader options.
+
+    ``name`` names the source (per-source batch sizes refer to it; default: the data set name);
+    ``tasks`` keeps a subset of the data set's tasks (default: all of them).
+    """
+
+    dataset: str
+    name: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    tasks: list[str] | None = Field(None, min_length=1)
+
+    @property
+    def display(self) -> str:
+        return self.name or self.dataset
+
+
 class DataConfig(_Strict):
-    """Either a registered ``dataset`` (with its loader ``options``) or a ``table`` file."""
+    """A registered ``dataset`` (with its loader ``options``), a ``table`` file, or ``sources``.
+
+    ``dataset`` may also name a several-datasets loader (``school_sources``,
+    ``multimnist_two_sources``); ``sources`` stacks registered data sets that share one input
+    space, each with its own split.
+    """
 
     dataset: str | None = None
+    sources: list[SourceConfig] | None = Field(None, min_length=1)
     options: dict[str, Any] = Field(default_factory=dict)
     table: str | None = None
     targets: list[str] = Field(default_factory=list)
@@ -47,18 +84,30 @@ class DataConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
-        if (self.dataset is None) == (self.table is None):
-            raise ValueError("give exactly one of 'dataset' or 'table'")
+        given = [k for k in ("dataset", "table", "sources") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'dataset' or 'table' (or 'sources')")
+        if self.sources is not None:
+            names = [s.display for s in self.sources]
+            if len(set(names)) != len(names):
+                raise ValueError(f"source names must be unique, got {names}; set 'name'")
         if self.table is not None and not self.targets:
             raise ValueError("a table needs at least one entry in 'targets'")
         return self
 
 
 class ModelConfig(_Strict):
+    """An architecture around a trunk; ``label`` names it in a ``models`` comparison."""
+
+    label: str | None = None
     architecture: str = "hard_sharing"
     trunk: str = "mlp"
     trunk_options: dict[str, Any] = Field(default_factory=dict)
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def display(self) -> str:
+        return self.label or self.architecture
 
 
 class BalancerConfig(_Strict):
@@ -69,6 +118,70 @@ class BalancerConfig(_Strict):
     @property
     def display(self) -> str:
         return self.label or self.name
+
+
+SamplingStrategy = Literal["all", "round_robin", "proportional", "temperature", "annealed"]
+_STRATEGY_OPTIONS = {"temperature": {"temperature", "max_size"}, "annealed": {"final_alpha", "num_epochs"}}
+
+
+class SamplingConfig(_Strict):
+    """Which source feeds each step of a several-datasets run (see :mod:`polytask.data.sampling`).
+
+    ``temperature`` / ``max_size`` belong to ``strategy: temperature``, ``final_alpha`` /
+    ``num_epochs`` (default: ``training.epochs``) to ``annealed``; giving them to another strategy
+    is an error rather than a silently ignored knob. ``batch_sizes`` sets a per-rank batch size per
+    source name (every source named), overriding ``training.batch_size``. A bare string
+    (``sampling: round_robin``) is the strategy with its defaults.
+    """
+
+    strategy: SamplingStrategy = "all"
+    temperature: float | None = Field(None, gt=0)
+    max_size: int | None = Field(None, ge=1)
+    final_alpha: float | None = Field(None, ge=0, le=1)
+    num_epochs: int | None = Field(None, ge=1)
+    batch_sizes: dict[str, int] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, raw: Any) -> Any:
+        return {"strategy": raw} if isinstance(raw, str) else raw
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        if value is not None:
+            bad = {k: v for k, v in value.items() if v < 1}
+            if bad or not value:
+                raise ValueError(f"per-source batch sizes must be >= 1 (and at least one), got {bad}")
+        return value
+
+    @model_validator(mode="after")
+    def _options_fit_strategy(self) -> SamplingConfig:
+        allowed = _STRATEGY_OPTIONS.get(self.strategy, set())
+        stray = [
+            k for k in sorted(set().union(*_STRATEGY_OPTIONS.values()))
+            if getattr(self, k) is not None and k not in allowed
+        ]  # fmt: skip
+        if stray:
+            raise ValueError(f"{stray} do not apply to strategy {self.strategy!r}")
+        return self
+
+    def sampler_options(self, epochs: int) -> dict[str, Any]:
+        """Keyword arguments of :func:`polytask.data.sampling.make_sampler` for this strategy."""
+        if self.strategy == "temperature":
+            out: dict[str, Any] = {"max_size": self.max_size}
+            if self.temperature is not None:
+                out["temperature"] = self.temperature
+            return out
+        if self.strategy == "annealed":
+            out = {"num_epochs": self.num_epochs or epochs}
+            if self.final_alpha is not None:
+                out["final_alpha"] = self.final_alpha
+            return out
+        return {}
+
+
+assert set(get_args(SamplingStrategy)) >= set(_STRATEGY_OPTIONS)
 
 
 class TrainingConfig(_Strict):
@@ -92,13 +205,20 @@ class TrainingConfig(_Strict):
     eval_batch_size: int = Field(1024, ge=1)
     progress: bool = True
     tensorboard: bool = True
+    sampling: SamplingConfig | None = None
 
     def settings(self, seed: int, **extra: Any) -> TrainSettings:
-        return TrainSettings(**self.model_dump(), seed=seed, extra=dict(extra))
+        return TrainSettings(**self.model_dump(exclude={"sampling"}), seed=seed, extra=dict(extra))
 
 
 class BaselineConfig(_Strict):
+    """Single-task baselines; ``model`` picks which entry of ``models`` they use (default: first)."""
+
     stl: bool = True
+    model: str | None = None
+
+
+SummaryMetric = Literal["pooled_explained_variance"]
 
 
 class ExperimentConfig(_Strict):
@@ -106,19 +226,56 @@ class ExperimentConfig(_Strict):
 
     name: str = "experiment"
     data: DataConfig
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: ModelConfig | None = None
+    models: list[ModelConfig] | None = Field(None, min_length=1)
     balancers: list[BalancerConfig] = Field(default_factory=lambda: [BalancerConfig()])
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     baselines: BaselineConfig = Field(default_factory=BaselineConfig)
+    summary_metrics: list[SummaryMetric] = Field(default_factory=list)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     output_dir: str = "runs"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_model(cls, raw: Any) -> Any:
+        # Resolved YAML always shows the model used: without 'models', 'model' gets its defaults.
+        if isinstance(raw, dict) and raw.get("model") is None and raw.get("models") is None:
+            return {**raw, "model": {}}
+        return raw
 
     @model_validator(mode="after")
     def _unique_labels(self) -> ExperimentConfig:
         labels = [b.display for b in self.balancers]
         if len(set(labels)) != len(labels):
             raise ValueError(f"balancer labels must be unique, got {labels}; set 'label'")
+        if self.model is not None and self.models is not None:
+            raise ValueError("give either 'model' or 'models' (a labelled list), not both")
+        if self.models is not None:
+            names = [m.display for m in self.models]
+            if len(set(names)) != len(names):
+                raise ValueError(f"model labels must be unique, got {names}; set 'label'")
+            if self.baselines.model is not None and self.baselines.model not in names:
+                raise ValueError(
+                    f"baselines.model {self.baselines.model!r} is not one of the models {names}"
+                )
+        elif self.baselines.model is not None:
+            raise ValueError("baselines.model picks one of 'models'; there is a single 'model'")
         return self
+
+    @property
+    def model_list(self) -> list[ModelConfig]:
+        """The architectures to train: ``models``, or the single ``model``."""
+        if self.models is not None:
+            return list(self.models)
+        assert self.model is not None
+        return [self.model]
+
+    @property
+    def baseline_model(self) -> ModelConfig:
+        """The architecture of the single-task baselines (``baselines.model`` or the first)."""
+        models = self.model_list
+        wanted = self.baselines.model
+        return next((m for m in models if m.display == wanted), models[0])
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

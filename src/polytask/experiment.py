@@ -4,6 +4,12 @@ This is what ``polytask demo``, ``fit`` and ``train`` run. The single-task (STL)
 same trunk, architecture and training settings with one task each, on the rows labelled for that
 task; they are cached under ``$POLYTASK_CACHE/stl`` by a hash of everything that defines them, so
 comparing a new balancer never retrains them.
+
+Several data sets (``data.sources`` or a several-datasets loader): the training rows come as
+sources and ``training.sampling`` builds the loop's ``train_source``; validation and test stay one
+fully-keyed data set. A task's single-task baseline trains on the sources that label it, with the
+same sampling strategy. Several architectures (``models``): every model is trained with every
+balancer; the baselines use ``baselines.model`` (default: the first model).
 """
 
 from __future__ import annotations
@@ -25,14 +31,26 @@ import torch
 
 from polytask.balancing import create_balancer
 from polytask.balancing.engine import Communicator
-from polytask.config import ExperimentConfig
-from polytask.data.base import MultiTaskData, Splits
+from polytask.config import ConfigError, ExperimentConfig, ModelConfig, SamplingConfig
+from polytask.data.base import DataError, MultiTaskData, Splits
+from polytask.data.multisource import MultiSourceData, MultiSourceSplits
+from polytask.data.sampling import MultiSourceBatches
+from polytask.evaluation.metrics import SUMMARY_METRICS
 from polytask.models import create_model, create_trunk
 from polytask.models.base import MultiTaskModel
 from polytask.tasks import Task
 from polytask.training import TrainSettings, fit
 
-__all__ = ["ExperimentResult", "build_model", "load_data", "run_experiment", "single_task_splits"]
+__all__ = [
+    "ExperimentResult",
+    "build_model",
+    "load_data",
+    "load_sources",
+    "run_experiment",
+    "single_task_sources",
+    "single_task_splits",
+    "train_source",
+]
 
 Metrics = dict[str, dict[str, float]]
 
@@ -42,8 +60,25 @@ def cache_dir() -> Path:
 
 
 def load_data(config: ExperimentConfig, seed: int) -> Splits:
-    """Load the configured data set; the split seed is the run seed unless fixed in the config."""
-    from polytask.data import load_dataset, load_table
+    """Load the configured data; several data sets come stacked (see :func:`load_sources`)."""
+    return load_sources(config, seed)[0]
+
+
+def load_sources(config: ExperimentConfig, seed: int) -> tuple[Splits, MultiSourceData | None]:
+    """The configured data, and its training sources when it is several data sets.
+
+    The split seed is the run seed unless fixed in the config (``data.split_seed``). For several
+    data sets the returned :class:`Splits` holds every source's training rows stacked (missing
+    labels filled: what inference and the tasks' scalers see) and the sources' union for
+    validation and test; training itself draws from the returned :class:`MultiSourceData`.
+    """
+    from polytask.data import (
+        combine_sources,
+        is_multisource,
+        load_dataset,
+        load_multisource,
+        load_table,
+    )
 
     d = config.data
     split_seed = d.split_seed if d.split_seed is not None else seed
@@ -52,17 +87,93 @@ def load_data(config: ExperimentConfig, seed: int) -> Splits:
             d.table, targets=d.targets, kinds=d.kinds or None, features=d.features,
             seed=split_seed, **d.options,
         )
+        return splits, None
+    multi: MultiSourceSplits
+    if d.sources is not None:
+        named: dict[str, Splits] = {}
+        for i, src in enumerate(d.sources):
+            if is_multisource(src.dataset):
+                raise ConfigError(
+                    f"data.sources.{i}.dataset: {src.dataset!r} is already several data sets; "
+                    "give it as data.dataset instead"
+                )
+            options = dict(src.options)
+            options.setdefault("seed", split_seed)
+            part = load_dataset(src.dataset, **options)
+            if src.tasks is not None:
+                part = _keep_tasks(part, src.tasks, f"data.sources.{i}.tasks")
+            named[src.display] = part
+        multi = combine_sources(named)
     else:
         assert d.dataset is not None
         options = dict(d.options)
         options.setdefault("seed", split_seed)  # every registered loader takes its split seed
-        splits = load_dataset(d.dataset, **options)
-    return splits
+        if not is_multisource(d.dataset):
+            return load_dataset(d.dataset, **options), None
+        multi = load_multisource(d.dataset, **options)
+    sources = multi.train
+    stacked = Splits(
+        train=sources.to_multitask("train"), val=multi.val, test=multi.test,
+        info={"sources": dict(zip(sources.names, sources.sizes, strict=True))},
+    )
+    return stacked, sources
 
 
-def build_model(config: ExperimentConfig, tasks: list[Task], example: torch.Tensor) -> MultiTaskModel:
-    """Trunk and architecture from the config; a trunk's ``in_features`` is read off the data."""
-    m = config.model
+def _keep_tasks(splits: Splits, names: list[str], where: str) -> Splits:
+    known = splits.train.task_names
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(f"{where}: unknown task(s) {unknown}; the data set has {known}")
+    tasks = [t for t in splits.tasks if t.name in names]
+
+    def keep(data: MultiTaskData) -> MultiTaskData:
+        return MultiTaskData(
+            inputs=data.inputs, targets={t.name: data.targets[t.name] for t in tasks},
+            tasks=tasks, name=data.name, row_ids=data.row_ids, info=data.info,
+        )
+
+    return Splits(keep(splits.train), keep(splits.val), keep(splits.test), info=splits.info)
+
+
+def train_source(
+    config: ExperimentConfig, sources: MultiSourceData | None, subset: bool = False
+) -> MultiSourceBatches | None:
+    """The loop's batch source for several data sets (``training.sampling``), else ``None``.
+
+    Without ``training.sampling`` the strategy is ``all``: every step sees every source, so every
+    task is present in every step, which is what the gradient-balancing methods assume.
+    ``subset``: ``sources`` are some of the configured ones (a single-task baseline's), so
+    per-source batch sizes are taken for those only.
+    """
+    sampling = config.training.sampling
+    if sources is None:
+        if sampling is not None:
+            raise ConfigError(
+                "training.sampling: the data is a single data set; sampling applies to several "
+                "(data.sources or a several-datasets loader such as school_sources)"
+            )
+        return None
+    sampling = sampling or SamplingConfig()
+    sizes = sampling.batch_sizes
+    if subset and sizes is not None:
+        sizes = {n: b for n, b in sizes.items() if n in sources.names}
+    try:
+        return MultiSourceBatches(
+            sources, sampling.strategy, batch_size=sizes,
+            **sampling.sampler_options(config.training.epochs),
+        )
+    except (DataError, TypeError) as err:
+        raise ConfigError(f"training.sampling: {err}") from None
+
+
+def build_model(
+    config: ExperimentConfig,
+    tasks: list[Task],
+    example: torch.Tensor,
+    model: ModelConfig | None = None,
+) -> MultiTaskModel:
+    """Trunk and architecture (``model``, default the config's first); ``in_features`` from data."""
+    m = model or config.model_list[0]
     trunk_options = dict(m.trunk_options)
     from polytask.models.registry import _TRUNKS
 
@@ -88,6 +199,19 @@ def single_task_splits(splits: Splits, task: Task) -> Splits:
     return Splits(keep(splits.train), keep(splits.val), keep(splits.test), info=splits.info)
 
 
+def single_task_sources(sources: MultiSourceData, task: Task) -> MultiSourceData:
+    """The sources that label ``task``, each reduced to that task (its baseline's training data)."""
+    parts = {
+        name: MultiTaskData(
+            inputs=data.inputs, targets={task.name: data.targets[task.name]}, tasks=[task],
+            name=name, row_ids=data.row_ids, info=data.info,
+        )
+        for name, data in sources.sources.items()
+        if task.name in sources.labelled_tasks(name)
+    }
+    return MultiSourceData(parts, tasks=[task], validate=False)
+
+
 @dataclass
 class RunRecord:
     label: str
@@ -98,6 +222,7 @@ class RunRecord:
     test: Metrics
     delta_m: float | None
     time_s: float
+    summary: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -118,6 +243,11 @@ class ExperimentResult:
                     row[t.name] = _mean_std(values)
             dms = [r.delta_m for r in runs if r.delta_m is not None]
             row["delta_m"] = _mean_std(dms) if dms else None
+            names = dict.fromkeys(k for r in runs for k in r.summary.get("test", {}))
+            row["summary"] = {
+                k: _mean_std([r.summary["test"][k] for r in runs if k in r.summary.get("test", {})])
+                for k in names
+            }
             row["time_s"] = statistics.fmean(r.time_s for r in runs)
             out.append(row)
         return out
@@ -135,16 +265,28 @@ def _hash(payload: dict[str, Any]) -> str:
 
 
 def _train_stl(
-    config: ExperimentConfig, splits: Splits, task: Task, seed: int, out_dir: Path, log: Callable[[str], None]
+    config: ExperimentConfig,
+    splits: Splits,
+    task: Task,
+    seed: int,
+    out_dir: Path,
+    log: Callable[[str], None],
+    sources: MultiSourceData | None = None,
 ) -> RunRecord:
+    data = config.data.model_dump(mode="json", exclude={"sources"} if config.data.sources is None else None)
     payload = {
-        "data": config.data.model_dump(mode="json"),
-        "model": config.model.model_dump(mode="json"),
-        "training": config.training.model_dump(mode="json", exclude={"progress", "tensorboard"}),
+        "data": data,
+        "model": config.baseline_model.model_dump(mode="json", exclude={"label"}),
+        "training": config.training.model_dump(
+            mode="json", exclude={"progress", "tensorboard", "sampling"}
+        ),
         "task": task.to_config(),
         "seed": seed,
         "version": 1,
     }
+    if sources is not None:  # only several-datasets runs carry it: old cache keys stay valid
+        sampling = config.training.sampling or SamplingConfig()
+        payload["sampling"] = sampling.model_dump(mode="json")
     key = _hash(payload)
     cached = cache_dir() / "stl" / key
     label = f"stl:{task.name}"
@@ -152,13 +294,20 @@ def _train_stl(
     if not (cached / "results.json").exists():
         log(f"training single-task baseline for {task.name!r} (seed {seed})")
         sub = single_task_splits(splits, task)
+        source = None
+        if sources is not None:
+            own = single_task_sources(sources, task)
+            sub = Splits(own.to_multitask("train"), sub.val, sub.test, info=sub.info)
+            source = train_source(config, own, subset=True)
         torch.manual_seed(seed)
-        model = build_model(config, [task], sub.train.inputs[:2])
+        model = build_model(config, [task], sub.train.inputs[:2], config.baseline_model)
         balancer = create_balancer("equal", [task.name])
-        settings = config.training.settings(seed, balancer="equal", architecture=config.model.architecture)
+        settings = config.training.settings(
+            seed, balancer="equal", architecture=config.baseline_model.architecture
+        )
         tmp = cached.with_name(key + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
-        fit(model, sub, balancer, settings, tmp)
+        fit(model, sub, balancer, settings, tmp, train_source=source)
         (tmp / "stl_key.json").write_text(json.dumps(payload, indent=2, default=str))
         tmp.rename(cached)
     else:
@@ -171,6 +320,29 @@ def _train_stl(
         label=label, kind="stl", seed=seed, run_dir=target, val=results["val"],
         test=results["test"], delta_m=None, time_s=results["time_s"],
     )
+
+
+def _run_label(config: ExperimentConfig, model: ModelConfig, balancer: str) -> str:
+    """A balancer's label alone; with ``models``, the model's label (and the balancer's if several)."""
+    if config.models is None:
+        return balancer
+    return model.display if len(config.balancers) == 1 else f"{model.display}-{balancer}"
+
+
+def _summary_metrics(
+    config: ExperimentConfig, model: MultiTaskModel, splits: Splits
+) -> dict[str, dict[str, float]]:
+    """``summary_metrics`` of the selected model on validation and test (model as left by fit)."""
+    device = next(model.parameters()).device
+    return {
+        split: {
+            name: SUMMARY_METRICS[name](
+                model, splits.tasks, getattr(splits, split), config.training.eval_batch_size, device
+            )
+            for name in config.summary_metrics
+        }
+        for split in ("val", "test")
+    }
 
 
 def run_experiment(
@@ -191,7 +363,12 @@ def run_experiment(
     (out / "config.yaml").write_text(config.to_yaml())
     result: ExperimentResult | None = None
     for seed in config.seeds:
-        splits = splits_override if splits_override is not None else load_data(config, seed)
+        sources = None
+        if splits_override is not None:
+            splits = splits_override
+        else:
+            splits, sources = load_sources(config, seed)
+        source = train_source(config, sources)
         splits.validate()
         if "preprocessing" in splits.info:
             (out / "preprocessing.json").write_text(json.dumps(splits.info["preprocessing"]))
@@ -200,37 +377,55 @@ def run_experiment(
             result = ExperimentResult(out_dir=out, tasks=tasks)
         stl_val = stl_test = None
         if config.baselines.stl:
-            stl_runs = [_train_stl(config, splits, copy.copy(t), seed, out, log) for t in tasks]
+            stl_runs = [
+                _train_stl(config, splits, copy.copy(t), seed, out, log, sources) for t in tasks
+            ]
             result.runs.extend(stl_runs)
             stl_val = {t.name: r.val[t.name] for t, r in zip(tasks, stl_runs, strict=True)}
             stl_test = {t.name: r.test[t.name] for t, r in zip(tasks, stl_runs, strict=True)}
-        for bc in config.balancers:
-            log(f"training {bc.display} (seed {seed})")
-            torch.manual_seed(seed)
-            model = build_model(config, tasks, splits.train.inputs[:2])
-            balancer = create_balancer(
-                bc.name, [t.name for t in tasks], task_weights={t.name: t.weight for t in tasks},
-                **bc.options,
-            )
-            settings: TrainSettings = config.training.settings(
-                seed, balancer=bc.name, architecture=config.model.architecture
-            )
-            run_dir = out / f"{bc.display}-seed{seed}"
-            (run_dir).mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.yaml").write_text(config.to_yaml())
-            fitted = fit(
-                model, splits, balancer, settings, run_dir, stl_val=stl_val, stl_test=stl_test,
-                communicator=communicator,
-            )
-            result.runs.append(
-                RunRecord(
-                    label=bc.display, kind="mtl", seed=seed, run_dir=run_dir, val=fitted.val,
-                    test=fitted.test, delta_m=fitted.delta_m, time_s=fitted.time_s,
+        for mc in config.model_list:
+            for bc in config.balancers:
+                label = _run_label(config, mc, bc.display)
+                log(f"training {label} (seed {seed})")
+                torch.manual_seed(seed)
+                model = build_model(config, tasks, splits.train.inputs[:2], mc)
+                balancer = create_balancer(
+                    bc.name, [t.name for t in tasks],
+                    task_weights={t.name: t.weight for t in tasks}, **bc.options,
                 )
-            )
+                settings: TrainSettings = config.training.settings(
+                    seed, balancer=bc.name, architecture=mc.architecture
+                )
+                run_dir = out / f"{label}-seed{seed}"
+                run_dir.mkdir(parents=True, exist_ok=True)
+                (run_dir / "config.yaml").write_text(_run_config(config, mc).to_yaml())
+                fitted = fit(
+                    model, splits, balancer, settings, run_dir, train_source=source,
+                    stl_val=stl_val, stl_test=stl_test, communicator=communicator,
+                )
+                summary = _summary_metrics(config, model, splits) if config.summary_metrics else {}
+                if summary and (run_dir / "results.json").exists():
+                    saved = json.loads((run_dir / "results.json").read_text())
+                    saved["summary_metrics"] = summary
+                    (run_dir / "results.json").write_text(json.dumps(saved, indent=2))
+                result.runs.append(
+                    RunRecord(
+                        label=label, kind="mtl", seed=seed, run_dir=run_dir, val=fitted.val,
+                        test=fitted.test, delta_m=fitted.delta_m, time_s=fitted.time_s,
+                        summary=summary,
+                    )
+                )
     assert result is not None
     _write_summary(config, result)
     return result
+
+
+def _run_config(config: ExperimentConfig, model: ModelConfig) -> ExperimentConfig:
+    """The config of one run: with ``models``, only that model (so ``load_run`` rebuilds it)."""
+    if config.models is None:
+        return config
+    baselines = config.baselines.model_copy(update={"model": None})
+    return config.model_copy(update={"model": model, "models": None, "baselines": baselines})
 
 
 def _write_summary(config: ExperimentConfig, result: ExperimentResult) -> None:
@@ -251,6 +446,7 @@ def _write_summary(config: ExperimentConfig, result: ExperimentResult) -> None:
                 "test": r.test,
                 "delta_m": r.delta_m,
                 "time_s": r.time_s,
+                **({"summary_metrics": r.summary} if r.summary else {}),
             }
             for r in result.runs
         ],
@@ -267,21 +463,43 @@ def _write_summary(config: ExperimentConfig, result: ExperimentResult) -> None:
     write_report(result.out_dir)
 
 
-def format_table(result: ExperimentResult) -> str:
-    """Plain-text table: one row per method, primary metric per task (mean ± std), Δm, time."""
+def format_table(result: ExperimentResult, max_task_columns: int = 12) -> str:
+    """Plain-text table: one row per method, primary metric per task (mean ± std), Δm, time.
+
+    Summary metrics (``summary_metrics``, e.g. School's pooled explained variance) get a column
+    each. With more than ``max_task_columns`` tasks (School has 139) the per-task columns collapse
+    into the mean of the tasks' primary metrics: the full figures are in ``summary.json``.
+    """
     tasks = result.tasks
-    header = ["method", *[f"{t.name} {t.primary}" for t in tasks], "Δm%", "time s"]
+    rows = result.rows()
+    summaries = list(dict.fromkeys(k for row in rows for k in row.get("summary", {})))
+    per_task = len(tasks) <= max_task_columns
+    primaries = sorted({t.primary for t in tasks})
+    task_header = (
+        [f"{t.name} {t.primary}" for t in tasks]
+        if per_task else [f"mean {'/'.join(primaries)} ({len(tasks)} tasks)"]
+    )
+    header = ["method", *task_header, *summaries, "Δm%", "time s"]
+
+    def cell(value: tuple[float, float] | None, seeds: int, fmt: str = "{:.4f}") -> str:
+        if value is None:
+            return "—"
+        mean, std = value
+        return fmt.format(mean) + (" ± " + fmt.format(std) if seeds > 1 else "")
+
     lines = []
-    for row in result.rows():
-        cells = [row["label"] + (f" (n={row['seeds']})" if row["seeds"] > 1 else "")]
-        for t in tasks:
-            if t.name not in row:
-                cells.append("—")
-                continue
-            mean, std = row[t.name]
-            cells.append(f"{mean:.4f}" + (f" ± {std:.4f}" if row["seeds"] > 1 else ""))
+    for row in rows:
+        n = row["seeds"]
+        cells = [row["label"] + (f" (n={n})" if n > 1 else "")]
+        if per_task:
+            cells += [cell(row.get(t.name), n) for t in tasks]
+        else:
+            # mean over tasks per run is not stored; the mean over tasks of the seed means is
+            means = [row[t.name][0] for t in tasks if t.name in row]
+            cells.append(f"{statistics.fmean(means):.4f}" if means else "—")
+        cells += [cell(row.get("summary", {}).get(k), n, "{:.2f}") for k in summaries]
         dm = row["delta_m"]
-        cells.append("—" if dm is None else f"{dm[0]:+.2f}" + (f" ± {dm[1]:.2f}" if row["seeds"] > 1 else ""))
+        cells.append("—" if dm is None else f"{dm[0]:+.2f}" + (f" ± {dm[1]:.2f}" if n > 1 else ""))
         cells.append(f"{row['time_s']:.1f}")
         lines.append(cells)
     widths = [max(len(str(x)) for x in col) for col in zip(header, *lines, strict=True)]

@@ -175,3 +175,34 @@ def test_missing_rdkit_gives_install_hint(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setitem(sys.modules, "rdkit", None)
     with pytest.raises(ImportError, match=r"polytask\[chem\]"):
         featurize_smiles(["CCO"])
+
+
+def test_descriptors_are_standardized_on_training_rows_only(data_dir: Path) -> None:
+    both = load_moleculenet("tox21", max_rows=300, features="ecfp+rdkit2d")
+    bits = load_moleculenet("tox21", max_rows=300)
+    n_desc = both.info["featurizer"]["descriptors"]
+    assert both.train.inputs.shape[1] == 2048 + n_desc
+    # the fingerprint part is untouched and the rows line up
+    assert torch.equal(both.test.inputs[:, :2048], bits.test.inputs)
+    assert torch.equal(both.test.row_ids, bits.test.row_ids)
+    desc_train = both.train.inputs[:, 2048:]
+    assert torch.isfinite(both.val.inputs).all() and torch.isfinite(both.test.inputs).all()
+    live = desc_train.std(dim=0) > 0
+    # training statistics: mean 0 and (population) std 1 on every informative column ...
+    assert desc_train[:, live].mean(dim=0).abs().max() < 1e-4
+    assert torch.allclose(
+        desc_train[:, live].std(dim=0, unbiased=False), torch.ones(int(live.sum())), atol=1e-3
+    )
+    # ... which the held-out rows do not reproduce exactly (they were not used to fit it)
+    assert both.test.inputs[:, 2048:][:, live].mean(dim=0).abs().max() > 1e-3
+    only = load_moleculenet("tox21", max_rows=300, features="rdkit2d")
+    assert torch.equal(only.train.inputs, desc_train)
+
+
+def test_descriptor_values_and_bad_feature_name() -> None:
+    values, names, valid = molecules.featurize_descriptors(["CCO", "not a smiles"])
+    assert valid.tolist() == [True, False]
+    assert values[0, names.index("MolWt")] == pytest.approx(46.069, abs=1e-2)  # ethanol
+    assert np.isnan(values[1]).all()
+    with pytest.raises(DataError, match="features must be one of"):
+        load_smiles_csv(Path("unused.csv"), features="graph")

@@ -4,6 +4,11 @@
 task's average training loss over the two previous epochs. The first two epochs use equal weights.
 Epoch averages are accumulated here from the per-step losses of the present tasks, so a task absent
 from some batches is averaged over the batches where it was present.
+
+With missing labels, the softmax runs over the tasks present in the batch that have two epochs of
+history (``T`` then counts those tasks); a present task without that history yet gets weight 1. An
+absent task thus never changes the weights of the others, and a task that has not been seen for two
+epochs does not hold every other task at equal weights.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from typing import Any
 
 import torch
 
-from polytask.balancing.base import Balancer, BalancerError, Combination, StepInfo
+from polytask.balancing._common import check_number
+from polytask.balancing.base import Balancer, Combination, StepInfo
 from polytask.balancing.registry import register_balancer
 
 __all__ = ["DWA"]
@@ -28,9 +34,9 @@ class DWA(Balancer):
 
     def __init__(self, task_names: Sequence[str], temperature: float = 2.0) -> None:
         super().__init__(task_names)
-        if not temperature > 0:
-            raise BalancerError(f"dwa: temperature must be > 0, got {temperature}")
-        self.temperature = float(temperature)
+        self.temperature = check_number(
+            "dwa", "temperature", temperature, low=0.0, low_inclusive=False
+        )
         t = len(task_names)
         self.register_buffer("epoch_sum", torch.zeros(t, dtype=torch.float64))
         self.register_buffer("epoch_count", torch.zeros(t, dtype=torch.float64))
@@ -52,15 +58,14 @@ class DWA(Balancer):
         present = step.present
         self.epoch_sum[present] += step.losses.detach()[present].double()
         self.epoch_count[present] += 1
-        t = self.num_tasks
         prev, last = self.history[0], self.history[1]
-        ready = torch.isfinite(prev) & torch.isfinite(last) & (prev > 0)
-        if bool(ready.all()):
-            ratio = last / prev
-            weights = t * torch.softmax(ratio / self.temperature, dim=0)
-        else:
-            weights = torch.ones(t, dtype=torch.float64)
-        weights = weights.to(step.losses.dtype) * present.to(step.losses.dtype)
+        here = present.to(prev.device)
+        ready = here & torch.isfinite(prev) & torch.isfinite(last) & (prev > 0)
+        weights = here.double()
+        if bool(ready.any()):
+            ratio = last[ready] / prev[ready]
+            weights[ready] = int(ready.sum()) * torch.softmax(ratio / self.temperature, dim=0)
+        weights = weights.to(device=step.losses.device, dtype=step.losses.dtype)
         return Combination(weights=weights, loss=(weights * step.losses).sum())
 
     def hyperparameters(self) -> dict[str, Any]:

@@ -14,14 +14,21 @@ square factor ``F`` with ``F Fᵀ = G``, so the cheap Gramian mode works and the
 Silent fallbacks found in torchjd (and the authors' code) and what we do about them:
 
 * an ECOS exception (``SolverError``/``ValueError``, e.g. with a zero gradient) or an
-  infeasible/unbounded problem (strongly conflicting gradients) makes it return the *previous*
-  ``α`` (all ones at the first step) without any signal; ECOS hitting its iteration limit returns
-  a partial solution. We check every result against the bargaining condition: if the relative
-  residual ``||G α - 1/α|| / ||1/α||`` exceeds ``residual_tol`` (a solved problem gives ~1e-8), the
-  previous weights of these tasks are kept (the documented recovery), ``nash_mtl/solver_failed``
-  is counted and a ``RuntimeWarning`` names the step; after ``max_consecutive_failures`` failed
-  solves in a row a :class:`~polytask.balancing.base.BalancerError` stops training, so it can
-  never silently train with equal weights;
+  infeasible/unbounded linearised subproblem makes it return the *previous* ``α`` (all ones at the
+  first step) without any signal; ECOS hitting its iteration limit returns a partial solution.
+  The subproblems fail e.g. when the start point has ``(G α)_i <= 0`` (conflicting gradients of
+  very different norms, ``J = [[-6, 0, -7], [-1, -1, 2]]`` from ``α = 1``), although the
+  bargaining solution then still exists. We check every result against the bargaining condition
+  (relative residual ``||G α - 1/α|| / ||1/α||`` at most ``residual_tol``; a solved problem gives
+  ~1e-8). When ECOS failed, ``α`` is recomputed directly: for a positive definite ``G`` (linearly
+  independent gradients) the solution is the unique minimiser of the strictly convex, self-
+  concordant ``½ αᵀGα - Σ log α_i`` (its gradient is ``G α - 1/α``), which damped Newton finds
+  from any positive start; ``nash_mtl/newton_fallback`` is counted and a ``RuntimeWarning``
+  names the step. If that fails too (a singular ``G``: no bargaining solution), the previous
+  weights of these tasks are kept (the documented recovery), ``nash_mtl/solver_failed`` is counted
+  and a ``RuntimeWarning`` names the step; after ``max_consecutive_failures`` failed solves in a
+  row a :class:`~polytask.balancing.base.BalancerError` stops training, so it can never silently
+  train with equal weights;
 * a missing ``cvxpy``/``ecos`` raises :class:`~polytask.balancing.base.BalancerError` at
   construction (torchjd's ImportError, with the install hint);
 * torchjd sizes its problem by the number of tasks at construction; we keep one solver per number
@@ -66,6 +73,32 @@ def _make_solver(n_tasks: int, optim_niter: int) -> Any:
     return _TorchjdNashMTL(
         n_tasks=n_tasks, max_norm=0.0, update_weights_every=1, optim_niter=optim_niter
     ).weighting
+
+
+def _newton_bargaining(gramian: Tensor, max_iters: int = 200) -> Tensor:
+    """``α > 0`` with ``G α = 1/α``: the minimiser of ``f(α) = ½ αᵀGα - Σ log α_i``.
+
+    ``f`` is self-concordant, so damped Newton (step ``1/(1+λ)``, ``λ`` the Newton decrement, while
+    ``λ >= 1/4``; full steps after) keeps ``α`` positive and converges from any positive start,
+    quadratically near the solution. Started from ``α_i = 1/|g_i|`` (exact for orthogonal
+    gradients). Without a solution (singular ``G``) the result fails the caller's residual check.
+    """
+    g = gramian.double()
+    alpha = 1.0 / g.diagonal().clamp(min=1e-12).sqrt()
+    for _ in range(max_iters):
+        grad = g @ alpha - 1.0 / alpha
+        hessian = g + torch.diag(1.0 / alpha**2)
+        delta = torch.linalg.solve(hessian, grad)
+        decrement = float((grad @ delta).clamp(min=0.0).sqrt())
+        if decrement < 1e-12:
+            break
+        alpha = alpha - (1.0 if decrement < 0.25 else 1.0 / (1.0 + decrement)) * delta
+    return alpha
+
+
+def _relative_residual(gramian: Tensor, alpha: Tensor) -> float:
+    inverse = 1.0 / alpha
+    return float(torch.linalg.norm(gramian @ alpha - inverse) / torch.linalg.norm(inverse))
 
 
 @register_balancer("nash_mtl")
@@ -122,22 +155,40 @@ class NashMTL(Balancer):
             solver = self._solvers.get(m)
             if solver is None:
                 solver = self._solvers[m] = _make_solver(m, self.optim_niter)
-            solver.prvs_alpha = start.copy()
-            factor = factor_of_gramian(gramian)
+            # Solve on G / s (s the mean squared gradient norm) and map back with α = α'/√s: the
+            # condition G α = 1/α is exactly preserved, and ECOS sees well-scaled numbers even
+            # when the gradients are tiny (late in training) or huge.
+            scale = float(gramian.diagonal().mean())
+            if not scale > 0:
+                scale = 1.0
+            root = scale**0.5
+            solver.prvs_alpha = start * root
+            factor = factor_of_gramian(gramian / scale)
             with warnings.catch_warnings():
                 # cvxpy's note that the problem is not DPP-compliant (a performance remark).
                 warnings.filterwarnings("ignore", message=".*not DPP.*")
                 alpha = guarded("nash_mtl", step, "the cvxpy/ECOS solve", lambda: solver(factor))
-            alpha = alpha.detach().double().cpu()
-        inverse = 1.0 / alpha
-        residual = float(
-            torch.linalg.norm(gramian.cpu() @ alpha - inverse) / torch.linalg.norm(inverse)
-        )
-        if (
-            bool(torch.isfinite(alpha).all())
-            and bool((alpha > 0).all())
-            and residual <= self.residual_tol
-        ):
+            alpha = alpha.detach().double().cpu() / root
+            if not self._solved(gramian, alpha):
+                ecos_residual = _relative_residual(gramian.cpu(), alpha)
+                newton = guarded(
+                    "nash_mtl",
+                    step,
+                    "the Newton solve of G a = 1/a",
+                    lambda: _newton_bargaining(gramian.cpu() / scale),
+                )
+                newton = newton / root
+                if self._solved(gramian, newton):
+                    warn_and_count(
+                        self,
+                        "nash_mtl/newton_fallback",
+                        f"nash_mtl: the ECOS solve failed at step {step} (relative residual of "
+                        f"G a = 1/a: {ecos_residual:.2e}); used the direct Newton solution "
+                        f"(residual {_relative_residual(gramian.cpu(), newton):.2e})",
+                    )
+                    alpha = newton
+        residual = _relative_residual(gramian.cpu(), alpha)
+        if self._solved(gramian, alpha):
             self.alpha[index] = alpha.to(self.alpha)
             self.consecutive_failures.zero_()
             return
@@ -154,6 +205,13 @@ class NashMTL(Balancer):
             "nash_mtl/solver_failed",
             f"nash_mtl: the ECOS solve failed at step {step} (relative residual of G a = 1/a: "
             f"{residual:.2e}); keeping the previous weights {start.round(4).tolist()}",
+        )
+
+    def _solved(self, gramian: Tensor, alpha: Tensor) -> bool:
+        return (
+            bool(torch.isfinite(alpha).all())
+            and bool((alpha > 0).all())
+            and _relative_residual(gramian.cpu(), alpha) <= self.residual_tol
         )
 
     def combine(self, step: StepInfo) -> Combination:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from polytask.balancing._common import check_number
 from polytask.balancing.base import Balancer, Combination, StepInfo
 from polytask.balancing.registry import register_balancer
 
@@ -31,7 +32,7 @@ class Uncertainty(Balancer):
 
     def __init__(self, task_names: Sequence[str], init: float = 0.0) -> None:
         super().__init__(task_names)
-        self.init = float(init)
+        self.init = check_number("uncertainty", "init", init)
         self.log_vars = nn.Parameter(torch.full((len(task_names),), self.init))
 
     def combine(self, step: StepInfo) -> Combination:

@@ -7,8 +7,9 @@ balancer declared (:class:`~polytask.balancing.base.Needs`), computed once:
     the per-task Jacobian of the shared parameters (``torchjd.autojac.jac``, batched backward,
     ``chunk_size`` rows at a time).
 ``mode="gramian"``
-    only ``J Jᵀ`` (``torchjd.autogram.Engine``, per-sample, never materialising ``J``). Enough for
-    every Gramian weighting; a balancer that needs ``J`` itself is refused.
+    only ``J Jᵀ`` (``torchjd.autogram.Engine``: the Gramian of the task losses accumulated layer by
+    layer, never materialising the whole ``J``). Enough for every Gramian weighting; a balancer
+    that needs ``J`` itself is refused.
 ``mode="representation"``
     the per-task gradients of the shared representation (the MGDA-UB trick): the balancer's
     direction is then sent through the trunk in one backward pass.
@@ -140,11 +141,18 @@ class GradientEngine:
         if self._gradients != "none" and mode == "gramian":
             from torchjd.autogram import Engine
 
-            self._autogram = Engine(*model.shared_modules(), batch_dim=0)
+            # batch_dim=None: the Gramian of the T task losses, layer by layer. (batch_dim=0 would
+            # give the per-sample Gramian of all B·T (sample, task) losses, materialising [B·T, P]
+            # per-layer Jacobians: B² times the Gramian work, for a sum over the batch after.)
+            self._autogram = Engine(*model.shared_modules(), batch_dim=None)
         #: cheap DDP: each task's weight averaged over the ranks where it is present (this step).
         self._mean_weights: Tensor | None = None
         #: a rank-local update direction whose finiteness is checked after the all-reduce.
         self._deferred_check = False
+        #: per-step: each task's loss column (before stacking) and d(loss)/d(local loss) under
+        #: exact DDP (None otherwise); read by _representation_rows.
+        self._columns: list[Tensor] = []
+        self._loss_scale: Tensor | None = None
         if self.comm.world_size > 1:
             self._check_replicas()
 
@@ -235,18 +243,89 @@ class GradientEngine:
             cols.append(per / max(count, 1))
             counts.append(count)
         device = cols[0].device
+        self._columns = cols  # each task's own loss graph, for _representation_rows
         return torch.stack(cols, dim=1), torch.tensor(counts, dtype=torch.float64, device=device)
+
+    @property
+    def _split_forward(self) -> bool:
+        """Whether the per-task gradients go through the shared representation.
+
+        Always in representation mode; in jacobian and gramian modes when the model has one shared
+        representation (``decode`` uses task-specific parameters only), so that the heads are
+        differentiated once per task rather than once per task *and* row (see
+        :meth:`_representation_rows`), and only the trunk is differentiated per row. The result is
+        the same Jacobian (chain rule).
+        """
+        return self._gradients != "none" and (
+            self.mode == "representation" or self.model.supports_representation_grad
+        )
+
+    def _parameter_rows(self, info: StepInfo, rep: Tensor) -> Tensor:
+        """``[Tp, P]``: the Jacobian of the shared parameters, through the representation.
+
+        The representation rows (one small backward per head) are sent through the trunk in one
+        batched backward (``chunk_size`` rows at a time).
+        """
+        rows = self._representation_rows(info, rep).view(-1, *rep.shape)
+        n = rows.shape[0]
+        chunk = self.chunk_size or n
+        parts = []
+        for start in range(0, n, chunk):
+            block = rows[start : start + chunk]
+            grads = torch.autograd.grad(
+                rep, self.shared, block, retain_graph=True, is_grads_batched=True,
+                allow_unused=True,
+            )
+            parts.append(
+                torch.cat(
+                    [
+                        (g if g is not None else p.new_zeros(block.shape[0], *p.shape)).reshape(
+                            block.shape[0], -1
+                        )
+                        for g, p in zip(grads, self.shared, strict=True)
+                    ],
+                    dim=1,
+                )
+            )
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _representation_rows(self, info: StepInfo, rep: Tensor) -> Tensor:
+        """``[Tp, rep.numel()]``: the gradient of each present task's loss w.r.t. ``rep``.
+
+        One small backward per task, from that task's own loss before the losses are stacked, so
+        only that task's head is traversed. (A batched backward of the stacked loss vector runs
+        every head for every row: T² head backwards instead of T.)
+        """
+        rows = []
+        for i in info.present_index.tolist():
+            column = self._columns[i]
+            grad = None
+            if column.requires_grad:
+                (grad,) = torch.autograd.grad(
+                    column.sum(), rep, retain_graph=True, allow_unused=True
+                )
+            if grad is None:  # this task's loss does not depend on rep (or has no label here)
+                grad = torch.zeros_like(rep)
+            if self._loss_scale is not None:  # exact DDP: losses = share * local losses
+                grad = grad * self._loss_scale[i].to(grad.dtype)
+            rows.append(grad.reshape(-1))
+        return torch.stack(rows)
 
     def forward_losses(
         self, x: Tensor, targets: dict[str, Tensor]
     ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-        """Forward pass; returns per-sample losses, counts, and the representation if detached."""
+        """Forward pass; returns per-sample losses, counts, the representation (representation mode,
+        and gramian mode when the model has one) and its detached copy (representation mode)."""
         device_type = x.device.type
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.amp):
             if self.mode == "representation" and self._gradients != "none":
                 rep = self.model.encode(x)
                 rep_in = rep.detach().requires_grad_(True)
                 outputs = self.model.decode(rep_in, x)
+            elif self._split_forward:
+                rep = self.model.encode(x)
+                rep_in = None
+                outputs = self.model.decode(rep, x)
             else:
                 rep = rep_in = None
                 outputs = self.model(x)
@@ -279,12 +358,14 @@ class GradientEngine:
         present = global_counts > 0
         if not bool(present.any()):
             return None  # no task labelled anywhere in this batch: nothing to learn from it
+        self._loss_scale = None
         if exact:
             # Surrogate losses: their value is the global mean loss, their gradient this rank's
             # share of it, so summing gradients over ranks gives the global gradient exactly.
             share = torch.where(present, counts / global_counts.clamp(min=1), 0.0).to(per_sample)
             local_part = local_losses * share
             losses = local_part + (global_means - local_part).detach()
+            self._loss_scale = share
         else:
             losses = local_losses
         info = StepInfo(
@@ -301,7 +382,7 @@ class GradientEngine:
         elif self._gradients == "none":
             combination = self._loss_based(info)
         elif self.mode == "gramian":
-            combination = self._gramian_based(info, per_sample)
+            combination = self._gramian_based(info, rep)
         else:
             combination = self._jacobian_based(info, rep, rep_in)
         self._reduce_parameter_grads(exact, step)
@@ -360,17 +441,29 @@ class GradientEngine:
         combination.loss.backward()
         return combination
 
-    def _gramian_based(self, info: StepInfo, per_sample: Tensor) -> Combination:
+    def _gramian_based(self, info: StepInfo, rep: Tensor | None) -> Combination:
+        """Local Gramian [Tp, Tp] of the shared parameters' Jacobian, never materialising it.
+
+        Under DDP only cheap mode gets here (exact DDP refuses this mode: the global Gramian has
+        cross-rank terms), and its balancers work on their rank's data. With a shared
+        representation ``rep``, its per-task gradients ``R`` (one small backward per head) give
+        the surrogate outputs ``s = R · rep``, whose Jacobian w.r.t. the shared parameters is ``J``
+        (chain rule): the autogram engine then only differentiates through the trunk, and the
+        update is ``rep.backward(wᵀR)``.
+        """
         assert self._autogram is not None
-        rows = per_sample[:, info.present]
-        batch, tp = rows.shape
-        full = self._autogram.compute_gramian(rows)  # [B*Tp, B*Tp], batch-major
-        # Local Gramian. Under DDP only cheap mode gets here (exact DDP refuses this mode: the
-        # global Gramian has cross-rank terms), and its balancers work on their rank's data.
-        info.gramian = full.reshape(batch, tp, batch, tp).sum(dim=(0, 2))
+        present_losses = info.losses[info.present]
+        if rep is not None:
+            rows = self._representation_rows(info, rep).to(rep.dtype)
+            info.gramian = self._autogram.compute_gramian(rows @ rep.reshape(-1))
+            combination = self._combine(info)
+            weights = self._weights_for_update(combination)[info.present].to(rows)
+            rep.backward((weights @ rows).view_as(rep))
+            self._task_backward(present_losses)
+            return combination
+        info.gramian = self._autogram.compute_gramian(present_losses)
         combination = self._combine(info)
         weights = self._weights_for_update(combination)
-        present_losses = info.losses[info.present]
         torch.autograd.backward(
             present_losses,
             grad_tensors=weights[info.present].to(present_losses),
@@ -388,7 +481,11 @@ class GradientEngine:
         present_losses = info.losses[info.present]
         tp = int(info.present.sum())
         targets: list[Tensor] = [rep_in] if rep_in is not None else list(self.shared)
-        if present_losses.requires_grad:
+        if rep_in is not None:
+            jacobian = self._representation_rows(info, rep_in)
+        elif rep is not None:
+            jacobian = self._parameter_rows(info, rep)
+        elif present_losses.requires_grad:
             parts = jac(
                 present_losses, targets, retain_graph=True, parallel_chunk_size=self.chunk_size
             )

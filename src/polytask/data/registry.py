@@ -4,6 +4,12 @@ Loaders register themselves with :func:`register_dataset`; :func:`load_dataset` 
 arguments to the loader, and :func:`available` lists names with one-line descriptions (what
 ``polytask datasets`` prints). Registering never imports optional extras such as rdkit: the
 loaders import them only when called.
+
+Several-datasets loaders (:func:`register_multisource`) return
+:class:`~polytask.data.multisource.MultiSourceSplits` instead of :class:`Splits`: the training
+rows come as separate sources and a sampler decides which source feeds each step. They live in
+their own table so that :func:`load_dataset` keeps returning plain :class:`Splits`, and
+:func:`is_multisource` lets the experiment runner pick the right path by name.
 """
 
 from __future__ import annotations
@@ -15,14 +21,27 @@ from polytask.data.base import DataError, Splits
 from polytask.data.census import load_census
 from polytask.data.molecules import MOLECULENET, load_moleculenet
 from polytask.data.multimnist import load_multimnist
+from polytask.data.multisource import MultiSourceSplits, multimnist_two_sources, sources_by_task
 from polytask.data.school import load_school
 
-__all__ = ["UnknownDatasetError", "available", "load_dataset", "register_dataset"]
+__all__ = [
+    "UnknownDatasetError",
+    "available",
+    "is_multisource",
+    "load_dataset",
+    "load_multisource",
+    "register_dataset",
+    "register_multisource",
+]
 
 Loader = Callable[..., Splits]
 L = TypeVar("L", bound=Loader)
 
+MultiLoader = Callable[..., MultiSourceSplits]
+M = TypeVar("M", bound=MultiLoader)
+
 _REGISTRY: dict[str, tuple[str, Loader]] = {}
+_MULTI: dict[str, tuple[str, MultiLoader]] = {}
 
 
 class UnknownDatasetError(DataError, KeyError):
@@ -40,7 +59,7 @@ def register_dataset(name: str, description: str) -> Callable[[L], L]:
         raise ValueError(f"data set {name!r}: the description must be one line")
 
     def decorator(loader: L) -> L:
-        if name in _REGISTRY and _REGISTRY[name][1] is not loader:
+        if (name in _REGISTRY and _REGISTRY[name][1] is not loader) or name in _MULTI:
             raise ValueError(f"data set {name!r} is already registered")
         _REGISTRY[name] = (description, loader)
         return loader
@@ -48,18 +67,59 @@ def register_dataset(name: str, description: str) -> Callable[[L], L]:
     return decorator
 
 
+def register_multisource(name: str, description: str) -> Callable[[M], M]:
+    """Decorator registering ``loader(**kwargs) -> MultiSourceSplits`` under ``name``."""
+    if not name or not isinstance(name, str):
+        raise ValueError(f"data set name must be a non-empty string, got {name!r}")
+    if "\n" in description:
+        raise ValueError(f"data set {name!r}: the description must be one line")
+
+    def decorator(loader: M) -> M:
+        if name in _REGISTRY or (name in _MULTI and _MULTI[name][1] is not loader):
+            raise ValueError(f"data set {name!r} is already registered")
+        _MULTI[name] = (description, loader)
+        return loader
+
+    return decorator
+
+
 def available() -> dict[str, str]:
     """Registered data set names -> one-line descriptions, sorted by name."""
-    return {name: _REGISTRY[name][0] for name in sorted(_REGISTRY)}
+    entries = {name: d for name, (d, _) in _REGISTRY.items()}
+    entries.update({name: f"[several datasets] {d}" for name, (d, _) in _MULTI.items()})
+    return {name: entries[name] for name in sorted(entries)}
+
+
+def is_multisource(name: str) -> bool:
+    """Whether ``name`` is a several-datasets loader (returns :class:`MultiSourceSplits`)."""
+    return name in _MULTI
+
+
+def _unknown(name: str) -> UnknownDatasetError:
+    return UnknownDatasetError(
+        f"unknown data set {name!r}; available: {', '.join(sorted([*_REGISTRY, *_MULTI]))}"
+    )
 
 
 def load_dataset(name: str, **kwargs: Any) -> Splits:
     """Load the registered data set ``name``; ``kwargs`` go to its loader."""
     entry = _REGISTRY.get(name)
     if entry is None:
-        raise UnknownDatasetError(
-            f"unknown data set {name!r}; available: {', '.join(sorted(_REGISTRY))}"
-        )
+        if name in _MULTI:
+            raise DataError(
+                f"data set {name!r} is several data sets: load it with load_multisource"
+            )
+        raise _unknown(name)
+    return entry[1](**kwargs)
+
+
+def load_multisource(name: str, **kwargs: Any) -> MultiSourceSplits:
+    """Load the registered several-datasets loader ``name``; ``kwargs`` go to it."""
+    entry = _MULTI.get(name)
+    if entry is None:
+        if name in _REGISTRY:
+            raise DataError(f"data set {name!r} is a single data set: load it with load_dataset")
+        raise _unknown(name)
     return entry[1](**kwargs)
 
 
@@ -92,3 +152,24 @@ for _name, _spec in MOLECULENET.items():
     register_dataset(_name, f"{_spec.description} (MoleculeNet, ECFP4 fingerprints)")(
         _moleculenet_loader(_name)
     )
+
+
+@register_multisource(
+    "multimnist_two_sources",
+    "MultiMNIST as two data sets: one labels only the left digit, a disjoint one only the right",
+)
+def load_multimnist_two_sources(
+    seed: int = 0, left_fraction: float = 0.5, **options: Any
+) -> MultiSourceSplits:
+    """:func:`load_multimnist` (``options``), training rows cut into a left and a right source."""
+    splits = load_multimnist(seed=seed, **options)
+    return multimnist_two_sources(splits, seed=seed, left_fraction=left_fraction)
+
+
+@register_multisource(
+    "school_sources",
+    "ILEA School as 139 data sets, one per school (one regression task each)",
+)
+def load_school_sources(seed: int = 0, **options: Any) -> MultiSourceSplits:
+    """:func:`load_school` (``options``; ``seed`` draws the 75/25 split), one source per school."""
+    return sources_by_task(load_school(seed=seed, **options))

@@ -21,7 +21,14 @@ from torch import nn
 from polytask.data.base import MultiTaskData, iterate_batches
 from polytask.tasks import Task
 
-__all__ = ["EvaluationError", "delta_m", "evaluate", "predict_outputs"]
+__all__ = [
+    "SUMMARY_METRICS",
+    "EvaluationError",
+    "delta_m",
+    "evaluate",
+    "pooled_explained_variance",
+    "predict_outputs",
+]
 
 Metrics = dict[str, dict[str, float]]
 
@@ -129,3 +136,40 @@ def mean_primary(metrics: Mapping[str, Mapping[str, float]], tasks: Sequence[Tas
         values.append(v if task.primary_higher_is_better else -v)
     finite = [v for v in values if math.isfinite(v)]
     return sum(finite) / len(finite) if finite else -math.inf
+
+
+def pooled_explained_variance(
+    model: nn.Module,
+    tasks: Sequence[Task],
+    data: MultiTaskData,
+    batch_size: int = 512,
+    device: torch.device | None = None,
+) -> float:
+    """Explained variance in %, pooled over every labelled entry of every regression task.
+
+    Why: on School (one task per school) the literature scores the model as a whole, as
+    ``1 - SSE / SST`` over all test students of all schools (:func:`school_explained_variance`),
+    which per-task metrics cannot give: ``SST`` is around the *pooled* mean, so predicting each
+    school's mean already explains some variance. Predictions are in the targets' own units
+    (:meth:`Task.predict` undoes the training-split standardisation).
+    """
+    from polytask.data.school import school_explained_variance
+    from polytask.tasks import TaskKind
+
+    outputs = predict_outputs(model, data, batch_size, device)
+    truth, pred = [], []
+    for task in tasks:
+        if task.kind is not TaskKind.REGRESSION:
+            continue
+        y = data.targets[task.name]
+        mask = task.label_mask(y)
+        p = task.predict(outputs[task.name]).reshape(y.shape)
+        truth.append(y[mask].double())
+        pred.append(p[mask].double())
+    if not truth:
+        raise EvaluationError("pooled explained variance needs at least one regression task")
+    return school_explained_variance(torch.cat(truth), torch.cat(pred))
+
+
+#: Whole-model metrics a config can ask for (``summary_metrics``), by name.
+SUMMARY_METRICS = {"pooled_explained_variance": pooled_explained_variance}

@@ -161,13 +161,13 @@ def _backend_for(device: str) -> str:
 
 def _train_baselines(config: Any, out: Path, log: Callable[[str], None]) -> None:
     """Rank 0: train (or find in the cache) every single-task baseline run_experiment will ask."""
-    from polytask.experiment import _train_stl, load_data
+    from polytask.experiment import _train_stl, load_sources
 
     for seed in config.seeds:
-        splits = load_data(config, seed)
+        splits, sources = load_sources(config, seed)
         splits.validate()
         for task in splits.tasks:
-            _train_stl(config, splits, copy.copy(task), seed, out, log)
+            _train_stl(config, splits, copy.copy(task), seed, out, log, sources)
 
 
 def _private_cache(scratch: Path) -> Path:
@@ -210,18 +210,31 @@ def run_worker(config_path: str | Path, out: str | Path | None, comm: Communicat
     if isinstance(comm, TorchDistributedCommunicator):
         wait_group = dist.new_group(backend="gloo", timeout=timedelta(days=7))
 
-    def barrier() -> None:
+    def handoff(ok: bool) -> None:
+        """Rank 0 tells every rank whether its baselines succeeded; a failure fails every rank.
+
+        A plain barrier would leave the other ranks waiting (for days) when rank 0 raises.
+        """
+        flag = torch.tensor([1 if ok else 0], dtype=torch.int64)
         if wait_group is not None:
-            dist.barrier(group=wait_group)
+            dist.broadcast(flag, src=0, group=wait_group)
             dist.destroy_process_group(wait_group)
         else:
-            comm.sum(torch.zeros(1))  # any collective waits for every rank
+            flag = comm.sum(flag if main_rank else torch.zeros(1, dtype=torch.int64))
+        if not main_rank and int(flag.item()) != 1:
+            raise RuntimeError(
+                "rank 0 failed while training the single-task baselines (see its error above)"
+            )
 
     if main_rank:
         log(f"distributed training on {comm.world_size} processes (batch_size is per rank)")
-        if config.baselines.stl:
-            _train_baselines(config, out_dir, log)
-        barrier()
+        try:
+            if config.baselines.stl:
+                _train_baselines(config, out_dir, log)
+        except BaseException:
+            handoff(False)
+            raise
+        handoff(True)
         result = run_experiment(config, out_dir, log=log, communicator=comm)
         print(format_table(result))
         print(f"\nrun directory: {result.out_dir}\nreport: {result.out_dir / 'report.html'}")
@@ -229,7 +242,7 @@ def run_worker(config_path: str | Path, out: str | Path | None, comm: Communicat
     scratch = Path(tempfile.mkdtemp(prefix=f"polytask-rank{comm.rank}-"))
     previous = os.environ.get("POLYTASK_CACHE")
     try:
-        barrier()  # rank 0 has finished the baselines
+        handoff(True)  # returns once rank 0 has finished the baselines; raises if it failed
         os.environ["POLYTASK_CACHE"] = str(_private_cache(scratch))
         run_experiment(config, scratch / "run", log=quiet, communicator=comm)
     finally:

@@ -1,0 +1,1 @@
+"""Benchmarks (long runs, never part of the test suite): ``polytask bench <name>``."""

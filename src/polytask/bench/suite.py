@@ -1,0 +1,879 @@
+"""The benchmark suite: a matrix of dataset x architecture x balancer x seed, run resumably.
+
+A suite file (YAML) reuses the experiment configuration pieces (:mod:`polytask.config`): a
+``base`` model/training section, a list of ``datasets`` (each a :class:`DataConfig` plus optional
+model/training overrides, e.g. a CNN trunk for images), ``architectures``, ``balancers`` and
+``seeds``. Every combination is one *cell*; two kinds of cells are added automatically because a
+comparison without them is not worth publishing:
+
+- ``stl``: the single-task baselines (one model per task, same trunk/architecture/training). They
+  define Δm% and are cached across suites by :func:`polytask.experiment._train_stl`.
+- ``equal_tuned``: equal weighting with its learning rate and weight decay chosen from a small
+  grid on the *validation* split (the ``equal_grid`` cells). Published comparisons often pit a
+  tuned new method against an untuned baseline; this makes the baseline at least as tuned.
+
+Why one JSON per cell, written atomically (write, then rename): a long benchmark is interrupted
+(pre-emption, a laptop lid, a divergent method) and must resume without redoing finished work or
+trusting a half-written file. A cell whose recorded ``config_hash`` no longer matches the suite is
+stale and is re-run; a cell that raised is written as ``<cell>.failed.json`` and retried next time.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import itertools
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import statistics
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from polytask.config import BalancerConfig, DataConfig, ExperimentConfig, ModelConfig
+from polytask.config import TrainingConfig as _TrainingConfig
+
+__all__ = [
+    "CELLS_DIR",
+    "SuiteConfig",
+    "SuiteError",
+    "SuiteRunSummary",
+    "load_suite",
+    "parse_only",
+    "parse_suite",
+    "run_suite",
+]
+
+CELLS_DIR = "cells"
+RUNS_DIR = "runs"
+SCHEMA = 1
+RESERVED = ("stl", "equal_tuned", "equal_grid")
+
+Metrics = dict[str, dict[str, float]]
+
+
+class SuiteError(ValueError):
+    """A suite file that cannot be used; the message names every offending key path."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SuiteBase(_Strict):
+    """Model and training settings shared by every cell (overridable per data set)."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: _TrainingConfig = Field(default_factory=_TrainingConfig)
+
+
+class DatasetEntry(_Strict):
+    """One data set of the matrix; ``model`` / ``training`` override only the keys they set."""
+
+    label: str | None = None
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: _TrainingConfig = Field(default_factory=_TrainingConfig)
+    pareto: tuple[str, str] | None = None
+
+    @field_validator("data")
+    @classmethod
+    def _registered(cls, data: DataConfig) -> DataConfig:
+        from polytask.data import available
+
+        if data.dataset is not None and data.dataset not in available():
+            raise ValueError(
+                f"unknown data set {data.dataset!r}; available: {', '.join(available())}"
+            )
+        return data
+
+    @property
+    def display(self) -> str:
+        return self.label or self.data.dataset or Path(self.data.table or "table").stem
+
+
+class ArchitectureEntry(_Strict):
+    name: str = "hard_sharing"
+    label: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        from polytask.models import available_architectures
+
+        if name not in available_architectures():
+            raise ValueError(
+                f"unknown architecture {name!r}; available: {', '.join(available_architectures())}"
+            )
+        return name
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+class SuiteBalancer(BalancerConfig):
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        from polytask.balancing import available
+
+        if name not in available():
+            raise ValueError(f"unknown balancer {name!r}; available: {', '.join(available())}")
+        return name
+
+
+class TunedEqual(_Strict):
+    """The lr x weight-decay grid for the tuned equal-weights baseline.
+
+    ``lr: null`` means the data set's learning rate divided and multiplied by 3. The grid is run
+    on ``seeds`` (default: the suite's first seed) and the point with the best validation score
+    (lowest validation Δm% against the single-task baselines, or the highest mean primary metric
+    when there are none) is then trained on every seed.
+    """
+
+    enabled: bool = True
+    lr: list[float] | None = Field(None, min_length=1)
+    weight_decay: list[float] = Field(default_factory=lambda: [0.0, 1e-4], min_length=1)
+    seeds: list[int] | None = Field(None, min_length=1)
+
+    @field_validator("lr", "weight_decay")
+    @classmethod
+    def _non_negative(cls, values: list[float] | None) -> list[float] | None:
+        if values is not None and any(not math.isfinite(v) or v < 0 for v in values):
+            raise ValueError(f"grid values must be finite and >= 0, got {values}")
+        return values
+
+
+class SuiteConfig(_Strict):
+    """A benchmark suite: see the module docstring and ``benchmarks/*.yaml``."""
+
+    name: str
+    description: str = ""
+    base: SuiteBase = Field(default_factory=SuiteBase)
+    datasets: list[DatasetEntry] = Field(min_length=1)
+    architectures: list[ArchitectureEntry] = Field(
+        default_factory=lambda: [ArchitectureEntry()], min_length=1
+    )
+    balancers: list[SuiteBalancer] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    stl: bool = True
+    tuned_equal: TunedEqual = Field(default_factory=TunedEqual)
+
+    @model_validator(mode="after")
+    def _unique(self) -> SuiteConfig:
+        for what, labels in (
+            ("datasets", [d.display for d in self.datasets]),
+            ("architectures", [a.display for a in self.architectures]),
+            ("balancers", [b.display for b in self.balancers]),
+        ):
+            if len(set(labels)) != len(labels):
+                raise ValueError(f"{what}: labels must be unique, got {labels}; set 'label'")
+            for label in labels:
+                if not re.fullmatch(r"[A-Za-z0-9_.+-]+", label):
+                    raise ValueError(
+                        f"{what}: label {label!r} may hold only letters, digits and _ . + -"
+                        " (it names files)"
+                    )
+        reserved = [b.display for b in self.balancers if b.display in RESERVED]
+        if reserved:
+            raise ValueError(f"balancers: labels {reserved} are reserved for the added baselines")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be unique, got {self.seeds}")
+        return self
+
+    def experiment(self, ds: DatasetEntry, arch: ArchitectureEntry) -> ExperimentConfig:
+        """The experiment configuration of one (data set, architecture) pair, all balancers."""
+        model = {
+            **self.base.model.model_dump(mode="json", exclude_unset=True),
+            **ds.model.model_dump(mode="json", exclude_unset=True),
+            "architecture": arch.name,
+            "options": dict(arch.options),
+        }
+        training = {
+            **_SUITE_TRAINING_DEFAULTS,
+            **self.base.training.model_dump(mode="json", exclude_unset=True),
+            **ds.training.model_dump(mode="json", exclude_unset=True),
+        }
+        return ExperimentConfig.model_validate(
+            {
+                "name": f"{self.name}-{ds.display}-{arch.display}",
+                "data": ds.data.model_dump(mode="json"),
+                "model": model,
+                "training": training,
+                "balancers": [b.model_dump(mode="json") for b in self.balancers],
+                "baselines": {"stl": self.stl},
+                "seeds": self.seeds,
+            }
+        )
+
+
+# Progress bars and TensorBoard event files are noise in a matrix of dozens of runs.
+_SUITE_TRAINING_DEFAULTS: dict[str, Any] = {"progress": False, "tensorboard": False}
+
+
+def _format(err: ValidationError, source: str) -> str:
+    lines = [f"invalid benchmark suite {source}:"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {path}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_suite(raw: Any, source: str = "") -> SuiteConfig:
+    """Validate a suite mapping; errors name the key path (``datasets.0.training.lr: ...``)."""
+    if not isinstance(raw, dict):
+        raise SuiteError(f"benchmark suite {source} must be a mapping at the top level")
+    try:
+        suite = SuiteConfig.model_validate(raw)
+    except ValidationError as err:
+        raise SuiteError(_format(err, source)) from None
+    # The merged per-pair configs are validated too, so a cross-field error (e.g. a table
+    # without targets after merging) is reported before hours of training, not in the middle.
+    for i, ds in enumerate(suite.datasets):
+        for j, arch in enumerate(suite.architectures):
+            try:
+                suite.experiment(ds, arch)
+            except ValidationError as err:
+                raise SuiteError(
+                    _format(err, f"{source} (datasets.{i} x architectures.{j}, merged)")
+                ) from None
+    return suite
+
+
+def load_suite(path: str | Path) -> SuiteConfig:
+    """Read and validate a YAML suite file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SuiteError(f"benchmark suite {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SuiteError(f"benchmark suite {path} is not valid YAML: {err}") from None
+    return parse_suite(raw, str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# Selecting cells: --only KEY=V1,V2
+
+ONLY_KEYS = ("dataset", "architecture", "balancer", "seed")
+
+
+def parse_only(items: Sequence[str]) -> dict[str, set[str]]:
+    """``["dataset=tox21", "seed=0,1"]`` -> ``{"dataset": {"tox21"}, "seed": {"0", "1"}}``.
+
+    ``balancer`` also accepts ``stl`` and ``equal_tuned``; the single-task baselines of a selected
+    (data set, architecture, seed) are trained whenever a multi-task cell needs them for Δm.
+    """
+    out: dict[str, set[str]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or key not in ONLY_KEYS or not values:
+            raise SuiteError(f"--only expects KEY=V1,V2 with KEY in {ONLY_KEYS}, got {item!r}")
+        out.setdefault(key, set()).update(v.strip() for v in values.split(",") if v.strip())
+    return out
+
+
+def _selected(only: Mapping[str, set[str]], key: str, value: str) -> bool:
+    return key not in only or value in only[key]
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring one cell
+
+
+class PeakMemory:
+    """Peak memory of the code inside the ``with`` block, in MiB.
+
+    On CUDA: ``torch.cuda.max_memory_allocated`` (tensors only, after resetting the peak). On the
+    CPU there is no per-tensor peak counter, so a thread samples the process's resident set size
+    (``/proc/self/statm``) every ``interval`` seconds and the result is the peak *increase* over
+    the RSS at the start of the block: model, optimizer state, activations and Jacobians, but
+    not the data set loaded before it. Caveats said in ``description``: a sampler can miss a peak
+    shorter than the interval, and memory the allocator kept from an earlier cell is reused
+    without raising the RSS, so CPU figures are lower bounds and comparable only within a run.
+    """
+
+    def __init__(self, device: torch.device, interval: float = 0.01) -> None:
+        self.device = device
+        self.interval = interval
+        self.peak_mb: float | None = None
+        self.description = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start_rss = 0
+        self._max_rss = 0
+
+    @staticmethod
+    def _rss() -> int | None:
+        try:
+            with open("/proc/self/statm") as fh:
+                return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError, AttributeError):
+            return None
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            rss = self._rss()
+            if rss is not None:
+                self._max_rss = max(self._max_rss, rss)
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.description = "CUDA: torch.cuda.max_memory_allocated (tensors only)"
+            return self
+        rss = self._rss()
+        if rss is None:
+            self.description = "not measured (no /proc/self/statm on this platform)"
+            return self
+        self._start_rss = self._max_rss = rss
+        self.description = (
+            "CPU: peak resident-set increase over the cell's start, sampled every "
+            f"{self.interval * 1000:.0f} ms from /proc/self/statm (a lower bound; data loaded "
+            "before the cell not counted)"
+        )
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+            return
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        rss = self._rss()
+        if rss is not None:
+            self._max_rss = max(self._max_rss, rss)
+        self.peak_mb = (self._max_rss - self._start_rss) / 2**20
+
+
+def epoch_times(run_dir: Path) -> list[float]:
+    """The ``epoch_time_s`` rows of a run's metrics.csv (training steps + validation pass)."""
+    path = run_dir / "metrics.csv"
+    if not path.exists():
+        return []
+    with path.open() as fh:
+        return [
+            float(r["value"])
+            for r in csv.DictReader(fh)
+            if r.get("split") == "train" and r.get("metric") == "epoch_time_s"
+        ]
+
+
+def _environment(device: torch.device) -> dict[str, Any]:
+    import polytask
+
+    env: dict[str, Any] = {
+        "polytask": polytask.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def _hash(payload: Any) -> str:
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _atomic_write_json(path: Path, payload: Any) -> None:
+    """Write to a temporary file in the same directory, then rename: readers never see half."""
+    from polytask.training.loop import _jsonable
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(_jsonable(payload), indent=2, allow_nan=True))
+    os.replace(tmp, path)
+
+
+def _safe_delta(metrics: Metrics, baseline: Metrics | None, tasks: Sequence[Any]) -> float | None:
+    from polytask.evaluation.metrics import EvaluationError, delta_m
+
+    if baseline is None:
+        return None
+    try:
+        return delta_m(metrics, baseline, tasks)
+    except EvaluationError:
+        return None
+
+
+def _tasks_json(tasks: Sequence[Any]) -> list[dict[str, Any]]:
+    return [
+        {"name": t.name, "kind": t.kind.value, "primary_metric": t.primary,
+         "higher_is_better": t.primary_higher_is_better}
+        for t in tasks
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+
+
+@dataclass
+class SuiteRunSummary:
+    out_dir: Path
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Context:
+    suite: SuiteConfig
+    out: Path
+    command: str
+    suite_file: str | None
+    suite_sha256: str | None
+    log: Callable[[str], None]
+    summary: SuiteRunSummary
+
+
+def cell_stem(dataset: str, architecture: str, method: str, seed: int) -> str:
+    return f"{dataset}__{architecture}__{method}__seed{seed}"
+
+
+def _grid_method(lr: float, wd: float) -> str:
+    return f"equal_grid-lr{lr:g}-wd{wd:g}"
+
+
+class _Pair:
+    """One (data set, architecture) pair: its config, data per seed, STL references."""
+
+    def __init__(self, ctx: _Context, ds: DatasetEntry, arch: ArchitectureEntry) -> None:
+        self.ctx, self.ds, self.arch = ctx, ds, arch
+        self.config = ctx.suite.experiment(ds, arch)
+        self._splits: dict[int, Any] = {}
+        self._stl: dict[int, dict[str, Any] | None] = {}
+
+    def splits(self, seed: int) -> Any:
+        from polytask.experiment import load_data
+
+        if seed not in self._splits:
+            self._splits.clear()  # one seed's data at a time: full-size sets are large
+            splits = load_data(self.config, seed)
+            splits.validate()
+            self._splits[seed] = splits
+        return self._splits[seed]
+
+    def cell_config(self, balancer: BalancerConfig, seed: int, **training: Any) -> ExperimentConfig:
+        cfg = self.config.model_copy(deep=True)
+        raw = cfg.model_dump(mode="json")
+        raw["balancers"] = [balancer.model_dump(mode="json")]
+        raw["seeds"] = [seed]
+        raw["training"].update(training)
+        return ExperimentConfig.model_validate(raw)
+
+    # -- cells -----------------------------------------------------------------------------
+
+    def _paths(self, method: str, seed: int) -> tuple[Path, Path, Path]:
+        stem = cell_stem(self.ds.display, self.arch.display, method, seed)
+        cells = self.ctx.out / CELLS_DIR
+        return cells / f"{stem}.json", cells / f"{stem}.failed.json", self.ctx.out / RUNS_DIR / stem
+
+    def _cached(self, path: Path, key: str, stem: str) -> dict[str, Any] | None:
+        if not path.exists():
+            return None
+        try:
+            cell: dict[str, Any] = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            self.ctx.log(f"{stem}: unreadable cell file, running it again")
+            return None
+        if cell.get("config_hash") != key:
+            self.ctx.log(f"{stem}: the suite changed since this cell ran, running it again")
+            return None
+        return cell
+
+    def _cell(
+        self,
+        method: str,
+        kind: str,
+        seed: int,
+        key_payload: dict[str, Any],
+        body: Callable[[Path, PeakMemory], dict[str, Any]],
+        prepare: Callable[[], object] | None = None,
+    ) -> dict[str, Any] | None:
+        """Load a finished cell or run ``body`` and write it; ``None`` when it failed.
+
+        ``prepare`` runs before the memory measurement starts (loading the data set), so that a
+        cell's peak memory is the training's, not the data loader's.
+        """
+        path, failed_path, run_dir = self._paths(method, seed)
+        stem = path.stem
+        key = _hash({"schema": SCHEMA, **key_payload})
+        cached = self._cached(path, key, stem)
+        if cached is not None:
+            self.ctx.summary.skipped.append(stem)
+            self.ctx.log(f"{stem}: finished earlier, skipped")
+            return cached
+        marker = run_dir / "cell_hash.txt"
+        if run_dir.exists() and (not marker.exists() or marker.read_text() != key):
+            shutil.rmtree(run_dir)  # a run of another configuration: never resume from it
+        run_dir.mkdir(parents=True, exist_ok=True)
+        marker.write_text(key)
+        from polytask.training.loop import resolve_device
+
+        device = resolve_device(self.config.training.device)
+        self.ctx.log(f"{stem}: running")
+        started = time.perf_counter()
+        try:
+            if prepare is not None:
+                prepare()
+            with PeakMemory(device) as memory:
+                record = body(run_dir, memory)
+        except Exception as err:  # one divergent method must not end a benchmark of hours
+            self.ctx.summary.failed.append(stem)
+            self.ctx.log(f"{stem}: FAILED: {type(err).__name__}: {err}")
+            _atomic_write_json(
+                failed_path,
+                {"cell": stem, "status": "failed", "error": f"{type(err).__name__}: {err}",
+                 "traceback": traceback.format_exc(), "command": self.ctx.command},
+            )
+            return None
+        if record.get("peak_memory_mb") is None and memory.peak_mb is not None:
+            record["peak_memory_mb"] = memory.peak_mb
+        record.setdefault("memory_measure", memory.description)
+        cell = {
+            "schema": SCHEMA,
+            "status": "finished",
+            "suite": self.ctx.suite.name,
+            "cell": stem,
+            "dataset": self.ds.display,
+            "architecture": self.arch.display,
+            "method": method,
+            "kind": kind,
+            "seed": seed,
+            "pareto": list(self.ds.pareto) if self.ds.pareto else None,
+            "run_dir": str(run_dir.relative_to(self.ctx.out)),
+            **record,
+            "wall_time_s": time.perf_counter() - started,
+            "config_hash": key,
+            "command": self.ctx.command,
+            "suite_file": self.ctx.suite_file,
+            "suite_sha256": self.ctx.suite_sha256,
+            "environment": _environment(device),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        _atomic_write_json(path, cell)
+        failed_path.unlink(missing_ok=True)
+        self.ctx.summary.ran.append(stem)
+        return cell
+
+    def stl(self, seed: int) -> dict[str, Any] | None:
+        """The single-task baselines of ``seed`` (one cell holding every task's own model)."""
+        if not self.ctx.suite.stl:
+            return None
+        if seed in self._stl:
+            return self._stl[seed]
+        from polytask.experiment import _train_stl
+
+        config = self.cell_config(BalancerConfig(name="equal"), seed)
+
+        def body(run_dir: Path, memory: PeakMemory) -> dict[str, Any]:
+            splits = self.splits(seed)
+            tasks = splits.tasks
+            val: Metrics = {}
+            test: Metrics = {}
+            per_epoch, params = 0.0, 0
+            epochs: list[int] = []
+            from_cache: list[bool] = []
+            for task in tasks:
+                said: list[str] = []
+                rec = _train_stl(config, splits, copy.copy(task), seed, run_dir, said.append)
+                from_cache.append(any("found in cache" in m for m in said))
+                val[task.name], test[task.name] = rec.val[task.name], rec.test[task.name]
+                results = json.loads((rec.run_dir / "results.json").read_text())
+                times = epoch_times(rec.run_dir)
+                per_epoch += statistics.fmean(times) if times else math.nan
+                params += int(results.get("num_parameters", 0))
+                epochs.append(int(results.get("epochs", 0)))
+            record: dict[str, Any] = {
+                "balancer": "equal",
+                "tasks": _tasks_json(tasks),
+                "val": val,
+                "test": test,
+                "delta_m": 0.0,
+                "val_delta_m": 0.0,
+                "time_per_epoch_s": per_epoch,
+                "time_note": "sum over the tasks' single-task models of their mean epoch time",
+                "epochs": max(epochs) if epochs else 0,
+                "num_parameters": params,
+                "parameters_note": "sum over the tasks' single-task models",
+                "selection": "per task: the checkpoint with the best validation primary metric",
+                "stl_from_cache": sum(from_cache),
+                "config": config.model_dump(mode="json"),
+            }
+            if all(from_cache):
+                record["peak_memory_mb"] = None
+                record["memory_measure"] = "not measured: every baseline came from the cache"
+            elif any(from_cache):
+                record["memory_measure"] = (
+                    memory.description + f"; {sum(from_cache)} of {len(tasks)} from the cache"
+                )
+            return record
+
+        payload = {"kind": "stl", "config": config.model_dump(mode="json")}
+        cell = self._cell("stl", "stl", seed, payload, body, prepare=lambda: self.splits(seed))
+        self._stl[seed] = cell
+        return cell
+
+    def mtl(
+        self,
+        method: str,
+        kind: str,
+        balancer: BalancerConfig,
+        seed: int,
+        training: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any] | None:
+        """One multi-task training of ``balancer`` on ``seed`` (``training`` overrides)."""
+        config = self.cell_config(balancer, seed, **(training or {}))
+        stl = self.stl(seed)
+        if self.ctx.suite.stl and stl is None:
+            self.ctx.log(f"{method} seed {seed}: skipped, its single-task baselines failed")
+            return None
+        stl_val = stl["val"] if stl else None
+        stl_test = stl["test"] if stl else None
+
+        def body(run_dir: Path, memory: PeakMemory) -> dict[str, Any]:
+            from polytask.balancing import create_balancer
+            from polytask.experiment import build_model
+            from polytask.training import fit
+
+            splits = self.splits(seed)
+            tasks = splits.tasks
+            torch.manual_seed(seed)
+            model = build_model(config, tasks, splits.train.inputs[:2])
+            bal = create_balancer(
+                balancer.name, [t.name for t in tasks],
+                task_weights={t.name: t.weight for t in tasks}, **balancer.options,
+            )
+            settings = config.training.settings(
+                seed, balancer=balancer.name, architecture=config.model.architecture
+            )
+            (run_dir / "config.yaml").write_text(config.to_yaml())
+            fitted = fit(
+                model, splits, bal, settings, run_dir, stl_val=stl_val, stl_test=stl_test,
+                resume=True,
+            )
+            times = epoch_times(run_dir)
+            rule = fitted.selection
+            return {
+                "balancer": balancer.name,
+                "tasks": _tasks_json(tasks),
+                "val": fitted.val,
+                "test": fitted.test,
+                "delta_m": fitted.delta_m,
+                "val_delta_m": _safe_delta(fitted.val, stl_val, tasks),
+                "time_per_epoch_s": statistics.fmean(times) if times else math.nan,
+                "time_note": "mean wall time of an epoch: training steps + validation pass",
+                "epochs": fitted.epochs_run,
+                "best_epoch": fitted.best_epoch,
+                "num_parameters": sum(p.numel() for p in model.parameters()),
+                "selection": _describe_rule(rule),
+                "warnings": fitted.warnings,
+                "config": config.model_dump(mode="json"),
+                **(extra or {}),
+            }
+
+        payload = {"kind": kind, "config": config.model_dump(mode="json"),
+                   "stl": stl.get("config_hash") if stl else None, "extra": extra}
+        return self._cell(method, kind, seed, payload, body, prepare=lambda: self.splits(seed))
+
+    def alias(self, source: dict[str, Any], method: str, kind: str, extra: dict[str, Any]) -> None:
+        """Record ``source`` (a finished cell) again as ``method``: the same training, not rerun.
+
+        The tuned baseline's run on a grid seed *is* the chosen grid point's run; training it
+        twice would cost time and, with nondeterministic kernels, give two different numbers.
+        """
+        keep = ("balancer", "tasks", "val", "test", "delta_m", "val_delta_m", "time_per_epoch_s",
+                "time_note", "epochs", "best_epoch", "num_parameters", "selection", "warnings",
+                "config", "peak_memory_mb", "memory_measure", "run_dir")
+
+        def body(run_dir: Path, memory: PeakMemory) -> dict[str, Any]:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            return {**{k: source[k] for k in keep if k in source}, "same_run_as": source["cell"],
+                    **extra}
+
+        payload = {"kind": kind, "alias_of": source["config_hash"], "extra": extra}
+        self._cell(method, kind, int(source["seed"]), payload, body)
+
+
+def _describe_rule(rule: str) -> str:
+    if rule == "val delta_m":
+        return "val delta_m: the epoch with the lowest validation Δm% vs the single-task baselines"
+    if rule == "val mean_primary":
+        return "val mean_primary: the epoch with the best mean validation primary metric"
+    return rule
+
+
+def _validation_score(cell: Mapping[str, Any]) -> float:
+    """Higher is better: −(validation Δm%) when known, else the signed mean primary metric."""
+    if cell.get("val_delta_m") is not None:
+        return -float(cell["val_delta_m"])
+    values = []
+    for t in cell["tasks"]:
+        v = float(cell["val"][t["name"]][t["primary_metric"]])
+        values.append(v if t["higher_is_better"] else -v)
+    finite = [v for v in values if math.isfinite(v)]
+    return statistics.fmean(finite) if finite else -math.inf
+
+
+def _grid(pair: _Pair, tuned: TunedEqual) -> list[tuple[float, float]]:
+    lr = pair.config.training.lr
+    lrs = tuned.lr if tuned.lr is not None else [lr / 3, lr, lr * 3]
+    return list(itertools.product(lrs, tuned.weight_decay))
+
+
+def _tune_equal(pair: _Pair, seeds: Sequence[int]) -> dict[str, Any] | None:
+    """Run the grid on the grid seeds and return the chosen point (validation only)."""
+    tuned = pair.ctx.suite.tuned_equal
+    scores: list[dict[str, Any]] = []
+    runs: dict[tuple[float, float], list[dict[str, Any]]] = {}
+    for lr, wd in _grid(pair, tuned):
+        cells = [
+            pair.mtl(_grid_method(lr, wd), "grid", BalancerConfig(name="equal"), seed,
+                     training={"lr": lr, "weight_decay": wd})
+            for seed in seeds
+        ]
+        done = [c for c in cells if c is not None]
+        if len(done) < len(cells):
+            continue
+        score = statistics.fmean(_validation_score(c) for c in done)
+        scores.append({"lr": lr, "weight_decay": wd, "validation_score": score})
+        runs[(lr, wd)] = done
+    if not scores:
+        return None
+    best = max(scores, key=lambda s: s["validation_score"])
+    criterion = (
+        "lowest validation Δm% vs the single-task baselines"
+        if pair.ctx.suite.stl else "highest mean validation primary metric"
+    )
+    return {
+        "lr": best["lr"],
+        "weight_decay": best["weight_decay"],
+        "chosen_by": f"{criterion}, averaged over seeds {list(seeds)}; the test split is not used",
+        "grid": scores,
+        "cells": {int(c["seed"]): c for c in runs[(best["lr"], best["weight_decay"])]},
+    }
+
+
+def run_suite(
+    suite: SuiteConfig,
+    out_dir: str | Path,
+    *,
+    only: Mapping[str, set[str]] | None = None,
+    log: Callable[[str], None] = print,
+    command: str = "",
+    suite_file: str | Path | None = None,
+) -> SuiteRunSummary:
+    """Run every selected cell of ``suite`` not already finished in ``out_dir``."""
+    only = dict(only or {})
+    out = Path(out_dir)
+    (out / CELLS_DIR).mkdir(parents=True, exist_ok=True)
+    sha = None
+    if suite_file is not None and Path(suite_file).is_file():
+        sha = hashlib.sha256(Path(suite_file).read_bytes()).hexdigest()
+    summary = SuiteRunSummary(out_dir=out)
+    ctx = _Context(suite, out, command, str(suite_file) if suite_file else None, sha, log, summary)
+    _atomic_write_json(out / "suite.json", {
+        "suite": suite.model_dump(mode="json"), "suite_file": ctx.suite_file,
+        "suite_sha256": sha, "expected_cells": expected_cells(suite),
+    })
+    seeds = [s for s in suite.seeds if _selected(only, "seed", str(s))]
+    for ds in suite.datasets:
+        if not _selected(only, "dataset", ds.display):
+            continue
+        for arch in suite.architectures:
+            if not _selected(only, "architecture", arch.display):
+                continue
+            pair = _Pair(ctx, ds, arch)
+            tuned = None
+            if suite.tuned_equal.enabled and _selected(only, "balancer", "equal_tuned") and seeds:
+                grid_seeds = suite.tuned_equal.seeds or [suite.seeds[0]]
+                tuned = _tune_equal(pair, grid_seeds)
+                if tuned is not None:
+                    log(f"{ds.display}/{arch.display}: tuned equal weights use lr={tuned['lr']:g}, "
+                        f"weight_decay={tuned['weight_decay']:g} ({tuned['chosen_by']})")
+            for seed in seeds:
+                if _selected(only, "balancer", "stl"):
+                    pair.stl(seed)
+                for bc in suite.balancers:
+                    if _selected(only, "balancer", bc.display):
+                        pair.mtl(bc.display, "mtl", bc, seed)
+                if tuned is not None and seed in tuned["cells"]:
+                    info = {k: v for k, v in tuned.items() if k != "cells"}
+                    pair.alias(tuned["cells"][seed], "equal_tuned", "tuned", {"tuning": info})
+                elif tuned is not None:
+                    info = {k: v for k, v in tuned.items() if k != "cells"}
+                    pair.mtl(
+                        "equal_tuned", "tuned", BalancerConfig(name="equal", label="equal_tuned"),
+                        seed, training={"lr": tuned["lr"], "weight_decay": tuned["weight_decay"]},
+                        extra={"tuning": info},
+                    )
+    return summary
+
+
+def expected_cells(suite: SuiteConfig) -> list[str]:
+    """Every cell stem a complete run of ``suite`` writes (the grid cells included)."""
+    stems = []
+    for ds, arch in itertools.product(suite.datasets, suite.architectures):
+        methods = (["stl"] if suite.stl else []) + [b.display for b in suite.balancers]
+        if suite.tuned_equal.enabled:
+            methods.append("equal_tuned")
+        for seed in suite.seeds:
+            stems += [cell_stem(ds.display, arch.display, m, seed) for m in methods]
+        if suite.tuned_equal.enabled:
+            pair_cfg = suite.experiment(ds, arch)
+            lr = pair_cfg.training.lr
+            lrs = suite.tuned_equal.lr or [lr / 3, lr, lr * 3]
+            for (g_lr, wd), seed in itertools.product(
+                itertools.product(lrs, suite.tuned_equal.weight_decay),
+                suite.tuned_equal.seeds or [suite.seeds[0]],
+            ):
+                stems.append(cell_stem(ds.display, arch.display, _grid_method(g_lr, wd), seed))
+    return stems
+
+
+def iter_cells(results_dir: str | Path) -> Iterator[dict[str, Any]]:
+    """Every finished cell under ``results_dir/cells`` (failed cells are not included)."""
+    cells = Path(results_dir) / CELLS_DIR
+    for path in sorted(cells.glob("*.json")):
+        if path.name.endswith(".failed.json"):
+            continue
+        cell = json.loads(path.read_text())
+        if cell.get("status") == "finished":
+            yield cell
+
+
+def command_line(args: Sequence[str]) -> str:
+    """``polytask`` followed by ``args``, shell-quoted (the reproduction line of a table)."""
+    import shlex
+
+    return "polytask " + shlex.join(args)
+

@@ -1,0 +1,176 @@
+"""The benchmark suite end to end on ``benchmarks/quick.yaml``: run, resume, report; validation.
+
+The quick suite is run as shipped (not a copy), so a change that breaks the file a user is told
+to run first breaks this test too. The single-task baseline cache is redirected into tmp_path so
+the run trains everything and measures it, whatever an earlier run left in the user's cache.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from polytask.bench.suite import (
+    CELLS_DIR,
+    SuiteError,
+    expected_cells,
+    load_suite,
+    parse_only,
+    parse_suite,
+)
+from polytask.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICK = ROOT / "benchmarks" / "quick.yaml"
+PNG = b"\x89PNG\r\n\x1a\n"
+
+REQUIRED = (
+    "test", "val", "delta_m", "val_delta_m", "time_per_epoch_s", "peak_memory_mb",
+    "memory_measure", "num_parameters", "selection", "seed", "config", "command",
+    "config_hash", "environment",
+)
+
+
+def _counts(output: str) -> tuple[int, int, int]:
+    match = re.search(r"(\d+) cells run, (\d+) already finished, (\d+) failed", output)
+    assert match, output
+    ran, skipped, failed = (int(g) for g in match.groups())
+    return ran, skipped, failed
+
+
+def test_quick_suite_runs_resumes_and_reports(
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("POLYTASK_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "results"
+    runner = CliRunner()
+
+    first = runner.invoke(app, ["bench", "run", str(QUICK), "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    expected = expected_cells(load_suite(QUICK))
+    ran, skipped, failed = _counts(first.output)
+    assert (ran, skipped, failed) == (len(expected), 0, 0)
+    cells = {p.stem: json.loads(p.read_text()) for p in (out / CELLS_DIR).glob("*.json")}
+    assert set(cells) == set(expected)
+    assert not list((out / CELLS_DIR).glob(".*tmp")), "a temporary file was left behind"
+    for stem, cell in cells.items():
+        missing = [k for k in REQUIRED if k not in cell]
+        assert not missing, f"{stem} lacks {missing}"
+        assert cell["status"] == "finished"
+        assert set(cell["test"]) == {"left", "right"}
+        assert cell["num_parameters"] > 0 and cell["time_per_epoch_s"] > 0
+        assert cell["peak_memory_mb"] is not None  # fresh cache: everything trained here
+        assert "bench run" in cell["command"]
+    mtl = cells["multimnist__hard_sharing__upgrad__seed1"]
+    assert mtl["kind"] == "mtl" and mtl["seed"] == 1
+    assert mtl["config"]["balancers"] == [{"name": "upgrad", "options": {}, "label": None}]
+    assert mtl["selection"].startswith("val delta_m")
+    stl = cells["multimnist__hard_sharing__stl__seed0"]
+    assert stl["delta_m"] == 0.0 and stl["num_parameters"] > mtl["num_parameters"]
+    tuned = cells["multimnist__hard_sharing__equal_tuned__seed0"]
+    assert tuned["tuning"]["lr"] in (0.002, 0.006) and "test split is not used" in tuned["tuning"]["chosen_by"]
+    # on the grid seed the tuned baseline is the chosen grid run itself, not a second training
+    assert tuned["same_run_as"].startswith("multimnist__hard_sharing__equal_grid-lr")
+
+    # Resume: finished cells are skipped; a removed cell (an interrupted run) is redone alone.
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / CELLS_DIR).glob("*.json")}
+    (out / CELLS_DIR / "multimnist__hard_sharing__equal__seed1.json").unlink()
+    second = runner.invoke(app, ["bench", "run", str(QUICK), "--out", str(out)])
+    assert second.exit_code == 0, second.output
+    assert _counts(second.output) == (1, len(expected) - 1, 0)
+    for path in (out / CELLS_DIR).glob("*.json"):
+        if path.name != "multimnist__hard_sharing__equal__seed1.json":
+            assert path.stat().st_mtime_ns == stamps[path.name], f"{path.name} was rewritten"
+    only = runner.invoke(
+        app, ["bench", "run", str(QUICK), "--out", str(out), "--only", "seed=0", "--only",
+              "balancer=stl,equal"],
+    )
+    assert only.exit_code == 0, only.output
+    assert _counts(only.output) == (0, 2, 0)
+
+    # Report: Markdown with mean ± std over the two seeds, the commands, and the PNGs beside it.
+    md = tmp_path / "docs" / "results.md"
+    rep = runner.invoke(app, ["bench", "report", str(out), "--out", str(md)])
+    assert rep.exit_code == 0, rep.output
+    text = md.read_text()
+    assert "## multimnist — hard_sharing" in text
+    assert "| method | n | left accuracy ↑ | right accuracy ↑ | Δm% ↓" in text
+    rows = [line for line in text.splitlines() if line.startswith("| upgrad |")]
+    assert len(rows) == 1 and rows[0].count(" ± ") >= 4, rows
+    assert "| 2 |" in rows[0]
+    assert f"polytask bench run {QUICK} --out {out}" in text
+    assert "polytask bench report" in text
+    assert f"Status: {len(expected)} of {len(expected)} cells finished" in text
+    pngs = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", text)
+    assert {Path(p).name.rsplit("-", 1)[-1] for p in pngs} >= {"tasks.png", "pareto.png", "time.png"}
+    for name in pngs:
+        assert (md.parent / name).read_bytes().startswith(PNG)
+
+
+def _quick_raw() -> dict:
+    raw = yaml.safe_load(QUICK.read_text())
+    assert isinstance(raw, dict)
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda r: r["datasets"][0].setdefault("training", {}).update(lr="fast"),
+         "datasets.0.training.lr: Input should be a valid number"),
+        (lambda r: r["base"]["training"].update(epochs=0),
+         "base.training.epochs: Input should be greater than or equal to 1"),
+        (lambda r: r["datasets"][0]["data"].update(datset="x"), "datasets.0.data.datset: unknown key"),
+        (lambda r: r["datasets"][0]["data"].update(dataset="mnist"),
+         "datasets.0.data: Value error, unknown data set 'mnist'"),
+        (lambda r: r["balancers"].append({"name": "pcgradd"}),
+         "balancers.2.name: Value error, unknown balancer 'pcgradd'"),
+        (lambda r: r["architectures"].append({"name": "moe"}),
+         "architectures.1.name: Value error, unknown architecture 'moe'"),
+        (lambda r: r["tuned_equal"].update(weight_decay=[-1.0]),
+         "tuned_equal.weight_decay: Value error, grid values must be finite and >= 0"),
+        (lambda r: r.update(sedes=[0]), "sedes: unknown key"),
+        (lambda r: r["balancers"].append({"name": "equal", "label": "stl"}),
+         "labels ['stl'] are reserved"),
+        (lambda r: r["datasets"][0]["model"].update(trunk_options=3),
+         "datasets.0.model.trunk_options: Input should be a valid dictionary"),
+    ],
+)
+def test_suite_validation_names_the_key_path(edit, expected: str) -> None:  # type: ignore[no-untyped-def]
+    raw = _quick_raw()
+    edit(raw)
+    with pytest.raises(SuiteError) as err:
+        parse_suite(raw, "quick.yaml")
+    assert expected in str(err.value), str(err.value)
+    assert str(err.value).startswith("invalid benchmark suite quick.yaml")
+
+
+def test_suite_file_and_only_errors(tmp_path: Path) -> None:
+    with pytest.raises(SuiteError, match="does not exist"):
+        load_suite(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(SuiteError, match="not valid YAML"):
+        load_suite(bad)
+    assert parse_only(["seed=0,1", "balancer=stl"]) == {"seed": {"0", "1"}, "balancer": {"stl"}}
+    with pytest.raises(SuiteError, match="KEY=V1,V2"):
+        parse_only(["method=equal"])
+    result = CliRunner().invoke(app, ["bench", "run", str(bad)])
+    assert result.exit_code == 2 and "not valid YAML" in result.output
+
+
+def test_every_shipped_suite_validates() -> None:
+    """Each suite opens with the command that runs it and names only registered things."""
+    suites = sorted((ROOT / "benchmarks").glob("*.yaml"))
+    names = {p.stem for p in suites}
+    assert {"quick", "multimnist", "tox21", "census", "school", "qm8", "gpu"} <= names
+    for path in suites:
+        first = path.read_text().splitlines()[0]
+        assert first.startswith("# polytask bench run benchmarks/"), (path, first)
+        suite = load_suite(path)
+        assert expected_cells(suite)
