@@ -322,6 +322,48 @@ def test_always_missing_task_changes_nothing_for_the_others(name: str) -> None:
         )
 
 
+# --------------------------------------------------------------------------------- weights applied
+def task_jacobian(runner: Runner, x: Tensor, y: dict[str, Tensor]) -> Tensor:
+    """Rows: each task's mean-loss gradient w.r.t. the shared parameters (zero when absent)."""
+    shared = runner.model.shared_parameters()
+    outputs = runner.model(x)
+    rows = []
+    for task in runner.tasks:
+        per, count = task.sample_losses(outputs[task.name].float(), y[task.name])
+        if count == 0:
+            rows.append(torch.zeros(sum(p.numel() for p in shared)))
+            continue
+        grads = torch.autograd.grad(per.sum() / count, shared, retain_graph=True)
+        rows.append(torch.cat([g.reshape(-1) for g in grads]))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_reported_weights_are_the_weights_applied(name: str) -> None:
+    """The weights the logger records are those of the update: shared ``.grad = Σ_i w_i ∇L_i``.
+
+    For loss-based methods the weights are ``∂L/∂L_i`` of the balancer's loss, for weightings the
+    weights handed to the engine. Methods that return a ``direction`` report least-squares or
+    internal weights (documented), so they are held to their direction instead.
+    """
+    tasks = make_tasks(3)
+    runner = Runner(name, tasks)
+    for step in range(4):
+        x, y = make_batch(tasks, seed=step, absent=("t1",) if step == 2 else ())
+        jac = task_jacobian(runner, x, y)
+        record = runner.step(x, y, step, epoch=step)
+        applied = shared_grad(runner, record)
+        direction = record.combination.direction
+        expected = record.weights.double() @ jac.double() if direction is None else direction
+        torch.testing.assert_close(
+            applied.double(),
+            expected.double(),
+            rtol=1e-4,
+            atol=1e-6 * float(expected.abs().max()),
+            msg=f"{name}, step {step}",
+        )
+
+
 # --------------------------------------------------------------------------------- determinism
 def _trajectory(name: str, *, engine_seed: int, steps: int = 4) -> list[Record]:
     tasks = make_tasks(3)

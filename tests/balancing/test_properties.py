@@ -170,6 +170,33 @@ def test_adaptive_weights_stay_positive_and_sum_to_the_number_of_tasks(
         assert bool((w > 0).all()) and abs(float(w.sum()) - m) < 1e-9, (step, w.tolist())
 
 
+# --------------------------------------------------------------------------------- Gramian scale
+def _trace_normalised_methods() -> list[str]:
+    from polytask.balancing import available, get_balancer_class
+    from polytask.balancing._common import GramianWeightingBalancer
+
+    return [
+        name
+        for name in sorted(available())
+        if issubclass(cls := get_balancer_class(name), GramianWeightingBalancer)
+        and cls.scale_invariant
+    ]
+
+
+@pytest.mark.parametrize("name", _trace_normalised_methods())
+@FEW
+@given(jac=jacobians(), exponent=st.integers(-6, 6))
+def test_trace_normalised_weightings_ignore_the_gradients_scale(
+    name: str, jac: Tensor, exponent: int
+) -> None:
+    """Weightings fed a trace-normalised Gramian give the same weights for ``s·J`` (``s > 0``):
+    tiny gradients late in training are weighted like large ones (no absolute thresholds)."""
+    m = jac.shape[0]
+    _, w = update(create_balancer(name, names(m)), info(jac))
+    _, w_scaled = update(create_balancer(name, names(m)), info(jac * 10.0**exponent))
+    torch.testing.assert_close(w_scaled, w, rtol=1e-6, atol=1e-9)
+
+
 # --------------------------------------------------------------------------------- PCGrad
 @SETTINGS
 @given(jac=jacobians(min_tasks=2, max_tasks=2))

@@ -294,21 +294,32 @@ class GradientEngine:
 
         One small backward per task, from that task's own loss before the losses are stacked, so
         only that task's head is traversed. (A batched backward of the stacked loss vector runs
-        every head for every row: T² head backwards instead of T.)
+        every head for every row: T² head backwards instead of T.) The same backward also gives
+        the task's own parameters their gradient (accumulated into ``.grad``), which replaces
+        :meth:`_task_backward` on this path.
         """
         rows = []
         for i in info.present_index.tolist():
             column = self._columns[i]
-            grad = None
+            params = self.task_params[self.tasks[i].name]
+            grads: Sequence[Tensor | None] = [None] * (1 + len(params))
             if column.requires_grad:
-                (grad,) = torch.autograd.grad(
-                    column.sum(), rep, retain_graph=True, allow_unused=True
+                grads = torch.autograd.grad(
+                    column.sum(), [rep, *params], retain_graph=True, allow_unused=True
                 )
+            grad = grads[0]
             if grad is None:  # this task's loss does not depend on rep (or has no label here)
                 grad = torch.zeros_like(rep)
-            if self._loss_scale is not None:  # exact DDP: losses = share * local losses
-                grad = grad * self._loss_scale[i].to(grad.dtype)
+            scale = None if self._loss_scale is None else self._loss_scale[i]
+            if scale is not None:  # exact DDP: losses = share * local losses
+                grad = grad * scale.to(grad.dtype)
             rows.append(grad.reshape(-1))
+            for p, g in zip(params, grads[1:], strict=True):
+                if g is None:
+                    continue
+                if scale is not None:
+                    g = g * scale.to(g.dtype)
+                p.grad = g if p.grad is None else p.grad + g
         return torch.stack(rows)
 
     def forward_losses(
@@ -458,8 +469,7 @@ class GradientEngine:
             info.gramian = self._autogram.compute_gramian(rows @ rep.reshape(-1))
             combination = self._combine(info)
             weights = self._weights_for_update(combination)[info.present].to(rows)
-            rep.backward((weights @ rows).view_as(rep))
-            self._task_backward(present_losses)
+            rep.backward((weights @ rows).view_as(rep))  # task parameters: done with the rows
             return combination
         info.gramian = self._autogram.compute_gramian(present_losses)
         combination = self._combine(info)
@@ -524,7 +534,8 @@ class GradientEngine:
         else:
             assert rep is not None
             rep.backward(direction.view_as(rep).to(rep.dtype))
-        self._task_backward(present_losses)
+        if rep is None:  # otherwise the task parameters got their gradients with the rows
+            self._task_backward(present_losses)
         return combination
 
     def _weights_for_update(self, combination: Combination) -> Tensor:
