@@ -57,7 +57,7 @@ def test_bad_option_is_an_error_not_a_crash(capsys: pytest.CaptureFixture[str]) 
 
 
 @pytest.mark.skipif(
-    libmtl_version() is None, reason="LibMTL is not installed (pip install 'polytask[bench]')"
+    libmtl_version() is None, reason="LibMTL is not installed (pip install --no-deps libmtl==1.1.5)"
 )
 def test_tiny_libmtl_row(tmp_path: Path) -> None:
     out = tmp_path / "overhead.md"

@@ -71,7 +71,7 @@ def _import_libmtl() -> tuple[Any, Any]:
         pass
     spec = importlib.util.find_spec("LibMTL")
     if spec is None or spec.submodule_search_locations is None:
-        raise ImportError("LibMTL is not installed (pip install 'polytask[bench]')")
+        raise ImportError("LibMTL is not installed (pip install --no-deps libmtl==1.1.5)")
     package = types.ModuleType("LibMTL")
     package.__path__ = list(spec.submodule_search_locations)
     package.__spec__ = spec

@@ -9,7 +9,8 @@ gradients), the finiteness check, ``optimizer.step()`` and the balancer's extra 
 for one (``engine.after_step``). Per-step logging is left out.
 
 Timing: after ``--warmup`` steps of every configuration, ``--repeats`` rounds run one step of every
-configuration each, in a fresh random order per round, so that load from other processes hits all
+configuration each (a short block of steps, averaged, for configurations faster than
+``BLOCK_TARGET_S``), in a fresh random order per round, so that load from other processes hits all
 configurations alike; a configuration's time is the median over rounds of the process CPU time of
 its step (``time.process_time``; with one torch thread that is the step's compute, much less
 disturbed by other processes on a shared machine than wall-clock time, which ``--json`` records
@@ -22,7 +23,7 @@ torch CPU tensors allocated within the step (the running sum of the profiler's a
 free events): the step's working memory above the persistent model, optimizer and balancer state.
 Memory held outside torch tensors (numpy/scipy arrays, Python objects) is not counted.
 
-LibMTL 1.1.5 (``pip install 'polytask[bench]'``) runs side by side in the same rounds through
+LibMTL 1.1.5 (``pip install --no-deps libmtl==1.1.5``) runs side by side in the same rounds through
 :mod:`polytask.bench._libmtl` (its ``Trainer`` hard-codes CUDA): same trunk, heads, batch, loss
 and optimizer; ``rep_grad=False`` (its default: per-task gradients of the shared parameters, like
 our ``jacobian`` mode) and ``rep_grad=True`` (gradients of the shared representation, like our
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.metadata
 import json
 import math
 import os
@@ -72,6 +74,9 @@ LR = 1e-3
 #: the epoch of the timed steps (the warm-up steps go through epochs 0 .. LAST_EPOCH - 1).
 LAST_EPOCH = 6
 REFERENCE = "equal"
+#: a round's sample of a cheap configuration is the mean of a block of steps of about this length
+BLOCK_TARGET_S = 0.025
+MAX_BLOCK = 8
 
 
 @dataclass
@@ -277,10 +282,18 @@ def measure_workload(
     steps = dict.fromkeys(runners, 0)
     rng = random.Random(cfg.seed * 7919 + len(work.tasks))
     t0 = time.perf_counter()
+    seen: dict[int, list[float]] = {key: [] for key in runners}
     for _ in range(cfg.warmup):
         for key in list(runners):
-            _run_step(cells[key], runners[key], steps[key], runners, key)
+            cpu, _ = _run_step(cells[key], runners[key], steps[key], runners, key)
             steps[key] += 1
+            seen[key].append(cpu)
+    # Cheap configurations run a block of consecutive steps per round (their mean is the round's
+    # sample), so that a sample is never a sub-millisecond blip.
+    block = {}
+    for key in runners:
+        est = statistics.median(seen[key][1:] or seen[key] or [BLOCK_TARGET_S])
+        block[key] = max(1, min(MAX_BLOCK, round(BLOCK_TARGET_S / max(est, 1e-6))))
     log(f"T={len(work.tasks)}: {len(runners)} configurations, warm-up {time.perf_counter() - t0:.1f}s")
     for r in range(cfg.repeats):
         order = list(runners)
@@ -289,11 +302,14 @@ def measure_workload(
         for key in order:
             if key not in runners:
                 continue
-            cpu, wall = _run_step(cells[key], runners[key], steps[key], runners, key)
-            steps[key] += 1
+            cpu = wall = 0.0
+            for _ in range(block[key]):
+                c, w = _run_step(cells[key], runners[key], steps[key], runners, key)
+                steps[key] += 1
+                cpu, wall = cpu + c, wall + w
             if math.isfinite(cpu):
-                cells[key].times.append(cpu)
-                cells[key].wall.append(wall)
+                cells[key].times.append(cpu / block[key])
+                cells[key].wall.append(wall / block[key])
         if (r + 1) % max(1, cfg.repeats // 5) == 0:
             log(f"T={len(work.tasks)}: round {r + 1}/{cfg.repeats} ({time.perf_counter() - t0:.0f}s)")
     if cfg.memory:
@@ -369,11 +385,9 @@ def _machine() -> dict[str, str]:
         "os": f"{platform.system()} {platform.release()}",
     }
     try:
-        import torchjd
-
-        info["torchjd"] = getattr(torchjd, "__version__", "?")
-    except ImportError:  # pragma: no cover - a dependency
-        pass
+        info["torchjd"] = importlib.metadata.version("torchjd")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a dependency
+        info["torchjd"] = "?"
     return info
 
 
@@ -573,8 +587,10 @@ def render(cells: Sequence[Cell], cfg: BenchConfig, meta: dict[str, Any]) -> str
         f"({meta['shared_params']} shared parameters), one linear regression head per task "
         f"(MSE); one fixed batch of {cfg.batch_size} samples; AdamW (lr {LR}).",
         f"- T ∈ {{{', '.join(map(str, cfg.tasks))}}}; {cfg.warmup} warm-up steps, then "
-        f"{cfg.repeats} rounds of one step of every configuration in a fresh random order "
-        "(interleaved, so that machine noise hits every method alike); median over rounds of the "
+        f"{cfg.repeats} rounds of every configuration in a fresh random order (interleaved, so "
+        "that machine noise hits every method alike). In a round a configuration runs one step, "
+        f"or, if its step is short, a block of consecutive steps of about {BLOCK_TARGET_S * 1e3:.0f} "
+        f"ms (at most {MAX_BLOCK}) whose mean step is the round's sample; median over rounds of the "
         "step's process CPU time (`time.process_time`: with one torch thread, the step's own "
         "compute, far less disturbed by the other processes of a shared machine than wall-clock "
         "time; the wall-clock medians are recorded too with `--json`).",
@@ -583,8 +599,8 @@ def render(cells: Sequence[Cell], cfg: BenchConfig, meta: dict[str, Any]) -> str
         "`optimizer.step()`, and the extra forward of balancers that ask for one (FAMO).",
         "- Memory: peak bytes of torch CPU tensors allocated during one (untimed) step, from "
         "`torch.profiler` allocation/free events: the step's working memory on top of the "
-        "persistent model, optimizer and balancer state. Allocations outside torch (numpy/scipy, "
-        "e.g. LibMTL's CAGrad solver) are not counted.",
+        "persistent model, optimizer and balancer state. Allocations outside torch (numpy/scipy "
+        "solvers of some methods) are not counted.",
         f"- Machine: {meta['machine']['cpu']}, {meta['machine']['logical cores']} logical cores, "
         f"torch {meta['machine']['torch']} with {meta['machine']['torch threads']} thread(s), "
         f"torchjd {meta['machine'].get('torchjd', '?')}, Python {meta['machine']['python']}, "
@@ -594,7 +610,11 @@ def render(cells: Sequence[Cell], cfg: BenchConfig, meta: dict[str, Any]) -> str
     ]
     if cfg.libmtl:
         lines += [
-            f"- LibMTL {meta['libmtl']}: its `Trainer` hard-codes `cuda:0`, so its `HPS` "
+            f"- LibMTL {meta['libmtl']} (installed with `pip install --no-deps libmtl==1.1.5`: its "
+            "package metadata asks for an unpinned torchvision, which can replace torch, and its "
+            "weighting and architecture code needs only torch, numpy and scipy; its top-level "
+            "`import LibMTL` fails on current torchvision, so the bench imports those two "
+            "subpackages directly). Its `Trainer` hard-codes `cuda:0`, so its `HPS` "
             "architecture and weighting classes are driven directly on the CPU "
             "(`src/polytask/bench/_libmtl.py`), with its per-step logic untouched (the weighting's "
             "`backward(losses, **weight_args)` with its default arguments), on the identical "
@@ -625,6 +645,19 @@ def render(cells: Sequence[Cell], cfg: BenchConfig, meta: dict[str, Any]) -> str
         t = 12 if 12 in cfg.tasks else cfg.tasks[len(cfg.tasks) // 2]
         lines += _speedup_table(cells, cfg, t)
     lines += ["## Targets", ""]
+    control = []
+    for t in cfg.tasks:
+        cs = [c for c in cells if c.tasks == t and c.library == "polytask"]
+        c = _find(cs, "polytask", REFERENCE, "gramian")
+        if c is not None and c.ok:
+            control.append(f"{ratios(cs, c)[0]:.2f} at T={t}")
+    if control:
+        lines += [
+            "Noise control: `equal` in gramian mode runs the same computation as the EW "
+            f"reference; its ratios ({', '.join(control)}) show the measurement noise on this "
+            "machine.",
+            "",
+        ]
     lines += evaluate_targets(cells, cfg)
     lines += ["", *_NOTES]
     if cfg.libmtl and "cagrad" in cfg.methods:
@@ -652,13 +685,15 @@ _NOTES = [
     "and, through its `[T]` loss tensor, every head each time) and copies each gradient into a "
     "vector.",
     "- In `gramian` mode the autogram engine differentiates the surrogate outputs "
-    "`R · rep` (R: the representation rows) through the trunk, layer by layer, so `J` is never "
-    "held whole: its gain is memory on large trunks, not time on this small one.",
+    "`R · rep` (R: the representation rows) through the trunk and accumulates `J Jᵀ` one layer "
+    "at a time, so `J` is never held whole. On this two-layer trunk one layer holds most of the "
+    "parameters, so it saves little memory and costs more time than `jacobian` mode; it pays off "
+    "on deep trunks.",
     "- What remains above EW for a gradient method at T = 12 in `representation` mode is mostly "
     "the method itself, run on T×T Gramians or T×n matrices with many small torch operations "
     "(e.g. MGDA's Frank–Wolfe loop of up to 100 iterations, PCGrad's and GradVac's pairwise "
-    "projections, CAGrad's inner solver), which costs about as much as a whole EW step on this "
-    "small model.",
+    "projections, CAGrad's and Nash-MTL's inner solvers): on a model this small, a few of these "
+    "take longer than the whole EW step.",
 ]
 
 
@@ -728,7 +763,8 @@ def _config(argv: Sequence[str]) -> BenchConfig:
     with_libmtl = not args.no_libmtl
     if with_libmtl and libmtl_version() is None:
         print(
-            "LibMTL is not importable: running without it (pip install 'polytask[bench]')",
+            "LibMTL is not importable: running without it "
+            "(pip install --no-deps libmtl==1.1.5; see docs/benchmarks/overhead.md)",
             file=sys.stderr,
         )
         with_libmtl = False
