@@ -248,9 +248,33 @@ class ExperimentResult:
                 k: _mean_std([r.summary["test"][k] for r in runs if k in r.summary.get("test", {})])
                 for k in names
             }
+            row["mean_primary"] = self._mean_primary(runs)
             row["time_s"] = statistics.fmean(r.time_s for r in runs)
             out.append(row)
         return out
+
+
+    def _mean_primary(self, runs: list[RunRecord]) -> tuple[float, float] | None:
+        """Mean over tasks of the primary test metric, per seed, then mean ± std over seeds.
+
+        Only when every task has the same primary metric (a mean of AUCs means something, a mean
+        of an AUC and an MAE does not) and every task was scored in every seed. Runs of one seed
+        are merged first, so the single-task rows (one run per task) get the same figure.
+        """
+        primaries = {t.primary for t in self.tasks}
+        if len(self.tasks) < 2 or len(primaries) != 1:
+            return None
+        per_seed: dict[int, dict[str, float]] = {}
+        for r in runs:
+            for t in self.tasks:
+                if t.name in r.test:
+                    per_seed.setdefault(r.seed, {})[t.name] = r.test[t.name][t.primary]
+        means = [
+            statistics.fmean(scores.values())
+            for scores in per_seed.values()
+            if len(scores) == len(self.tasks)
+        ]
+        return _mean_std(means) if means and len(means) == len(per_seed) else None
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -475,10 +499,13 @@ def format_table(result: ExperimentResult, max_task_columns: int = 12) -> str:
     summaries = list(dict.fromkeys(k for row in rows for k in row.get("summary", {})))
     per_task = len(tasks) <= max_task_columns
     primaries = sorted({t.primary for t in tasks})
+    with_mean = any(row.get("mean_primary") is not None for row in rows)
     task_header = (
         [f"{t.name} {t.primary}" for t in tasks]
         if per_task else [f"mean {'/'.join(primaries)} ({len(tasks)} tasks)"]
     )
+    if per_task and with_mean:
+        task_header.append(f"mean {primaries[0]}")
     header = ["method", *task_header, *summaries, "Δm%", "time s"]
 
     def cell(value: tuple[float, float] | None, seeds: int, fmt: str = "{:.4f}") -> str:
@@ -493,8 +520,12 @@ def format_table(result: ExperimentResult, max_task_columns: int = 12) -> str:
         cells = [row["label"] + (f" (n={n})" if n > 1 else "")]
         if per_task:
             cells += [cell(row.get(t.name), n) for t in tasks]
+            if with_mean:
+                cells.append(cell(row.get("mean_primary"), n))
+        elif row.get("mean_primary") is not None:
+            cells.append(cell(row["mean_primary"], n))
         else:
-            # mean over tasks per run is not stored; the mean over tasks of the seed means is
+            # mixed primary metrics: the mean over tasks of the seed means, for orientation only
             means = [row[t.name][0] for t in tasks if t.name in row]
             cells.append(f"{statistics.fmean(means):.4f}" if means else "—")
         cells += [cell(row.get("summary", {}).get(k), n, "{:.2f}") for k in summaries]

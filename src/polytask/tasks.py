@@ -326,7 +326,18 @@ class Task:
         return bool(direction)
 
     def make_metrics(self) -> torchmetrics.MetricCollection:
-        return torchmetrics.MetricCollection({k: f() for k, f in self.metric_factories().items()})
+        """Fresh metrics that never synchronise across processes on ``compute``.
+
+        torchmetrics gathers its states over every rank whenever ``torch.distributed`` is
+        initialised. polytask evaluates the whole validation / test split on each rank (so every
+        rank takes the same model-selection decision) and, under torchrun, trains the
+        single-task baselines on rank 0 alone: a hidden collective there would count rows twice
+        in the first case and wait forever in the second.
+        """
+        metrics = {k: f() for k, f in self.metric_factories().items()}
+        for metric in metrics.values():
+            metric.sync_on_compute = False
+        return torchmetrics.MetricCollection(metrics)
 
     def update_metrics(
         self, metrics: torchmetrics.MetricCollection, output: Tensor, target: Tensor

@@ -82,3 +82,40 @@ def test_explained_variance_formula() -> None:
 def test_bad_split_fractions(data_dir: Path) -> None:
     with pytest.raises(DataError, match="train_fraction"):
         load_school(train_fraction=1.0)
+
+
+def test_pooled_target_scaling_puts_every_school_on_one_scale(data_dir: Path) -> None:
+    splits = load_school(seed=0, target_scaling="pooled")
+    assert splits.info["target_scaling"] == "pooled"
+    y = torch.cat([splits.train.targets[t.name] for t in splits.tasks])
+    y = y[~torch.isnan(y)].double()
+    for task in splits.tasks:
+        assert task.target_mean_ == pytest.approx(float(y.mean()))
+        assert task.target_std_ == pytest.approx(float(y.std()))
+    # the default stays per school: different schools, different scales
+    per_school = load_school(seed=0)
+    assert len({round(t.target_mean_, 6) for t in per_school.tasks}) > 100
+    with pytest.raises(DataError, match="target_scaling"):
+        load_school(seed=0, target_scaling="global")
+
+
+def test_fit_target_scalers_pooled_skips_non_regression_tasks() -> None:
+    from polytask.data.base import MultiTaskData, Splits
+    from polytask.tasks import Task
+
+    nan = float("nan")
+    tasks = [Task("a", "regression"), Task("b", "regression"), Task("c", "binary")]
+    targets = {
+        "a": torch.tensor([1.0, 3.0, nan, nan]),
+        "b": torch.tensor([nan, nan, 5.0, 7.0]),
+        "c": torch.tensor([0.0, 1.0, 0.0, 1.0]),
+    }
+    data = MultiTaskData(inputs=torch.zeros(4, 2), targets=targets, tasks=tasks, name="toy")
+    Splits(train=data, val=data, test=data).fit_target_scalers("pooled")
+    pooled = torch.tensor([1.0, 3.0, 5.0, 7.0], dtype=torch.float64)
+    for task in tasks[:2]:
+        assert task.target_mean_ == pytest.approx(4.0)
+        assert task.target_std_ == pytest.approx(float(pooled.std()))
+    assert tasks[2].target_mean_ == 0.0 and tasks[2].target_std_ == 1.0
+    with pytest.raises(DataError, match="per_task"):
+        Splits(train=data, val=data, test=data).fit_target_scalers("per_source")

@@ -422,3 +422,58 @@ def test_plots_return_png_bytes_and_leave_no_open_figure() -> None:
     assert plt.get_fignums() == before
     with pytest.raises(ValueError, match="heatmap"):
         plots.heatmap([[1.0]], ["r1", "r2"], ["c1"], "t")
+
+
+# --------------------------------------------------------------------------------- many tasks
+def test_many_tasks_are_summarised_quickly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """60 tasks: summary figures (not one panel per task), a note saying so, a bounded size."""
+
+    from polytask.report import MANY_TASKS
+
+    n = 60
+    assert n > MANY_TASKS
+    tasks: list[dict[str, object]] = [
+        {
+            "name": f"t{i:02d}",
+            "kind": "regression",
+            "primary_metric": "mae",
+            "higher_is_better": False,
+        }
+        for i in range(n)
+    ]
+    for task in tasks:
+        monkeypatch.setitem(TASK_METRICS, str(task["name"]), ("mae", "mse"))
+    rows = []
+    for j, label in enumerate(("equal", "uncertainty")):
+        write_run(tmp_path / "runs" / label, tasks, name=label, offset=0.01 * j, epochs=5)
+        rows.append(
+            {
+                "label": label,
+                "run_dir": f"runs/{label}",
+                "kind": "mtl",
+                "test": {str(t["name"]): {"mae": 0.5 + 0.01 * i + j} for i, t in enumerate(tasks)},
+                "delta_m": None,
+                "time_s": 3.0,
+                "summary_metrics": {"test": {"pooled_explained_variance": 37.0 + j}},
+            }
+        )
+    summary = {"title": "many", "tasks": tasks, "rows": rows}
+    (tmp_path / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+
+    # The cost is bounded by the number of figures (checked below), not by a wall-clock limit.
+    text = write_report(tmp_path).read_text(encoding="utf-8")
+    assert_self_contained(text)
+    assert f"{n} tasks (more than {MANY_TASKS})" in text
+    assert "Summarised" in text
+    assert "3 best and worst tasks" in text
+    # bounded figures: per experiment one histogram; per run a histogram, losses, validation,
+    # learning rate, weights, expert heatmap and expert means; never one per task
+    pngs = images(text)
+    assert all(png.startswith(PNG_SIGNATURE) for png in pngs)
+    assert len(pngs) <= 1 + 2 * 7
+    header = first_table(text)[0]
+    columns = [cell for cell, _ in header]
+    assert any(c.startswith(f"mean mae over {n} tasks") for c in columns)
+    assert "pooled_explained_variance (test)" in columns
+    assert not any(c.startswith("t00 ") for c in columns)  # no column per task
+    assert "best (t00, t01, t02) and worst (t57, t58, t59)" in text

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from polytask.tasks import LabelError, Task
+from polytask.tasks import LabelError, Task, TaskKind
 
 __all__ = ["Batch", "DataError", "MultiTaskData", "Splits", "iterate_batches", "random_split"]
 
@@ -121,10 +121,36 @@ class Splits:
                 raise DataError(f"task {name!r} has no label in the training split")
         return self
 
-    def fit_target_scalers(self) -> Splits:
-        """Fit regression scalers on the training split only (never on validation or test)."""
-        for task in self.tasks:
-            task.fit_target_scaler(self.train.targets[task.name])
+    def fit_target_scalers(self, mode: str = "per_task") -> Splits:
+        """Fit regression scalers on the training split only (never on validation or test).
+
+        ``mode="per_task"`` gives every regression task its own mean and std. ``mode="pooled"``
+        gives all standardized regression tasks one mean and std, fitted on their labelled training
+        values together. Why pooled: when the tasks predict the same quantity in different groups
+        (School: one exam score, one task per school), per-task scaling puts each task on its own
+        scale, so a relationship the tasks share (the same slope of score on verbal reasoning in
+        every school) looks different in every task, and a per-task shift of the mean (a school
+        effect) is removed before the model can learn it. Pooled scaling keeps those comparable.
+        """
+        if mode == "per_task":
+            for task in self.tasks:
+                task.fit_target_scaler(self.train.targets[task.name])
+            return self
+        if mode != "pooled":
+            raise DataError(f"target scaling must be 'per_task' or 'pooled', got {mode!r}")
+        scaled = [t for t in self.tasks if t.kind is TaskKind.REGRESSION and t.standardize]
+        values = [
+            self.train.targets[t.name][t.label_mask(self.train.targets[t.name])].double()
+            for t in scaled
+        ]
+        pooled = torch.cat(values) if values else torch.empty(0, dtype=torch.float64)
+        if scaled and pooled.numel() == 0:
+            raise DataError("pooled target scaling: no regression label in the training split")
+        mean = float(pooled.mean()) if pooled.numel() else 0.0
+        std = float(pooled.std()) if pooled.numel() > 1 else 1.0
+        for task in scaled:
+            task.target_mean_ = mean
+            task.target_std_ = std if std > 1e-12 else 1.0
         return self
 
 

@@ -92,12 +92,24 @@ def load_school(
     seed: int = 0,
     train_fraction: float = 0.75,
     val_fraction_of_train: float = 0.2,
+    target_scaling: str = "per_school",
 ) -> Splits:
     """One 139-task :class:`Splits` of the School data (see the module docstring).
 
     Inputs are ``float32 [N, 27]`` (bias column dropped); ``row_ids`` are positions in the
     concatenation of the schools in file order, and a row's school is its one labelled task.
+
+    ``target_scaling`` chooses how the exam scores are standardized for training (metrics are
+    always on the original scale): ``"per_school"`` (each school's own training mean and std, the
+    historical default) or ``"pooled"`` (one mean and std over every school's training students).
+    Pooled keeps the schools on one scale, so the effect a feature has on the score is the same
+    number in every task and the difference between schools stays in the targets; with only ~66
+    training students per school it is the better choice for models that share their weights
+    (see :meth:`Splits.fit_target_scalers`).
     """
+    modes = {"per_school": "per_task", "pooled": "pooled"}
+    if target_scaling not in modes:
+        raise DataError(f"target_scaling must be one of {sorted(modes)}, got {target_scaling!r}")
     if not 0 < train_fraction < 1:
         raise DataError(f"train_fraction must be in (0, 1), got {train_fraction}")
     if not 0 <= val_fraction_of_train < 1:
@@ -159,6 +171,7 @@ def load_school(
             "seed": seed,
             "train_fraction": train_fraction,
             "val_fraction_of_train": val_fraction_of_train,
+            "target_scaling": target_scaling,
             "students": len(y_all),
             "preprocessing": {
                 "dropped": ["column 27 (constant bias)"],
@@ -168,7 +181,7 @@ def load_school(
             },
         },
     )
-    return splits.validate().fit_target_scalers()
+    return splits.validate().fit_target_scalers(modes[target_scaling])
 
 
 def school_explained_variance(

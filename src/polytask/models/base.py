@@ -22,7 +22,9 @@ from torch import Tensor, nn
 
 from polytask.tasks import Task
 
-__all__ = ["HardSharing", "MultiTaskModel", "infer_out_features"]
+__all__ = ["HEAD_KINDS", "HardSharing", "MultiTaskModel", "TaskOffset", "infer_out_features"]
+
+HEAD_KINDS = ("linear", "shared_offset", "shared_affine")
 
 
 class MultiTaskModel(nn.Module):
@@ -96,6 +98,24 @@ def infer_out_features(trunk: nn.Module, example_input: Tensor) -> int:
     return int(out.reshape(out.shape[0], -1).shape[1])
 
 
+class TaskOffset(nn.Module):
+    """A task's low-capacity head on a shared prediction: ``scale * shared + bias`` per output.
+
+    Why: with many small tasks (School: 139 schools, ~66 training students each) a full linear head
+    per task overfits; sharing the output map and letting each task learn only an offset (a
+    per-school intercept, as in a random-intercept model) or an offset and a scale keeps the
+    per-task parameters to one or two numbers per output.
+    """
+
+    def __init__(self, width: int, scale: bool = False) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(width))
+        self.scale = nn.Parameter(torch.ones(width)) if scale else None
+
+    def forward(self, shared: Tensor) -> Tensor:
+        return (shared if self.scale is None else shared * self.scale) + self.bias
+
+
 class HardSharing(MultiTaskModel):
     """One shared trunk, one head per task (Caruana 1997): the baseline every method builds on.
 
@@ -104,6 +124,18 @@ class HardSharing(MultiTaskModel):
         tasks: the tasks; each builds its own head from the trunk's output width.
         out_features: the trunk's output width; read from ``trunk.out_features`` or inferred from
             ``example_input`` when omitted.
+        head: the kind of task head (YAML: ``model.options: {head: ...}``):
+
+            * ``"linear"`` (default): each task's own head (:meth:`Task.make_head`, a linear layer
+              unless the task brings a factory);
+            * ``"shared_offset"``: one linear map from the trunk's features to the output, shared
+              by all tasks, plus a per-task bias (:class:`TaskOffset`);
+            * ``"shared_affine"``: the same shared map, plus a per-task scale and bias.
+
+            The shared kinds are for many small tasks of one quantity (School): they need every
+            task to have the same output width and no head factory of its own. The shared map is
+            part of :meth:`encode` (it serves every task), so the representation handed to
+            :meth:`decode` is the shared prediction and decode stays task-specific only.
     """
 
     def __init__(
@@ -112,12 +144,16 @@ class HardSharing(MultiTaskModel):
         tasks: Sequence[Task],
         out_features: int | None = None,
         example_input: Tensor | None = None,
+        head: str = "linear",
     ) -> None:
         super().__init__()
         if not tasks:
             raise ValueError("a multi-task model needs at least one task")
+        if head not in HEAD_KINDS:
+            raise ValueError(f"unknown head {head!r}; expected one of {list(HEAD_KINDS)}")
         self.tasks = list(tasks)
         self.trunk = trunk
+        self.head_kind = head
         width = out_features or getattr(trunk, "out_features", None)
         if width is None:
             if example_input is None:
@@ -127,17 +163,33 @@ class HardSharing(MultiTaskModel):
                 )
             width = infer_out_features(trunk, example_input)
         self.out_features = int(width)
-        self.heads = nn.ModuleDict({t.name: t.make_head(self.out_features) for t in self.tasks})
+        self.shared_head: nn.Linear | None = None
+        if head == "linear":
+            self.heads = nn.ModuleDict({t.name: t.make_head(self.out_features) for t in self.tasks})
+            return
+        dims = {t.output_dim for t in self.tasks}
+        if len(dims) != 1:
+            raise ValueError(f"head {head!r} needs one output width for all tasks, got {dims}")
+        own = [t.name for t in self.tasks if t.head is not None]
+        if own:
+            raise ValueError(
+                f"head {head!r} replaces the tasks' heads; tasks {own} bring their own"
+            )
+        dim = dims.pop()
+        self.shared_head = nn.Linear(self.out_features, dim)
+        scale = head == "shared_affine"
+        self.heads = nn.ModuleDict({t.name: TaskOffset(dim, scale=scale) for t in self.tasks})
 
     def encode(self, x: Tensor) -> Tensor:
         rep = self.trunk(x)
-        return rep.reshape(rep.shape[0], -1)
+        rep = rep.reshape(rep.shape[0], -1)
+        return rep if self.shared_head is None else self.shared_head(rep)
 
     def decode(self, rep: Tensor, x: Tensor) -> dict[str, Tensor]:
         return {name: head(rep) for name, head in self.heads.items()}
 
     def shared_modules(self) -> list[nn.Module]:
-        return [self.trunk]
+        return [self.trunk] if self.shared_head is None else [self.trunk, self.shared_head]
 
     def task_modules(self, task: str) -> list[nn.Module]:
         return [self.heads[task]]

@@ -8,6 +8,6 @@ files), so it can be built for any run directory, on any machine, finished or no
     PosixPath('runs/my-run/report.html')
 """
 
-from polytask.report.html import render_report, write_report
+from polytask.report.html import MANY_TASKS, render_report, write_report
 
-__all__ = ["render_report", "write_report"]
+__all__ = ["MANY_TASKS", "render_report", "write_report"]

@@ -20,6 +20,7 @@ import html
 import json
 import math
 import re
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from polytask.report import plots
 __all__ = [
     "EXPERIMENT_FILE",
     "EXPERTS_COLUMNS",
+    "MANY_TASKS",
     "METRICS_COLUMNS",
     "REPORT_FILE",
     "RESULTS_FILE",
@@ -53,6 +55,16 @@ WEIGHTS_COLUMNS = ("step", "epoch", "task", "weight")
 EXPERTS_COLUMNS = ("epoch", "task", "expert", "weight")
 
 _RAW_POINTS_PER_TASK = 4000
+
+MANY_TASKS = 12
+"""Above this many tasks the report summarises over tasks instead of drawing each task.
+
+Why: one panel, line, bar or column per task is readable for a handful of tasks, but with 139
+(School) the figures take minutes to draw and cannot be read anyway. Past this count the figures
+show the mean, median and spread over tasks, the few best and worst tasks, and a histogram of the
+per-task values, and the page says so; the per-task numbers stay in the tables (collapsed).
+"""
+_EXTREME_TASKS = 3  # how many best and worst tasks get their own panel when summarising
 _WARNING_PREFIX = "warning/"
 
 
@@ -430,8 +442,15 @@ def _render_experiment(page: _Page, directory: Path) -> str:
     notes = [str(n) for n in summary.get("notes", [])]
     if notes:
         page.add("<ul>" + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul>")
+    many = len(tasks) > MANY_TASKS
+    if many:
+        page.note(
+            f"{len(tasks)} tasks (more than {MANY_TASKS}): the comparison table and chart summarise "
+            "the tasks' primary test metrics (mean and median over tasks, a histogram per run) "
+            "instead of showing each task; each run's section below has its per-task table."
+        )
     if rows:
-        page.add(_comparison_table(rows, labels, anchors, tasks))
+        page.add(_comparison_table(rows, labels, anchors, tasks, summarise=many))
         page.muted(
             "Test metrics of the selected model of each run. Bold: best in the column "
             "(↑ higher is better, ↓ lower is better). Δm: mean relative change of the primary "
@@ -441,22 +460,10 @@ def _render_experiment(page: _Page, directory: Path) -> str:
         page.note(f"{path} lists no runs.")
 
     page.heading(2, "Primary test metric per task", "primary-metric-chart")
-    panels: dict[str, dict[str, float]] = {}
-    ylabels: dict[str, str] = {}
-    for task in tasks:
-        name, metric = str(task["name"]), str(task.get("primary_metric", ""))
-        panel_name = f"{name} ({metric})" if metric else name
-        ylabels[panel_name] = metric + _direction(task.get("higher_is_better"))
-        panels[panel_name] = {}
-        for label, row in zip(labels, rows, strict=True):
-            value = _finite(row.get("test", {}).get(name, {}).get(metric))
-            if value is not None:
-                panels[panel_name][label] = value
-    if any(panels.values()):
-        png = plots.bar_panels(panels, "Primary test metric per task", ylabels=ylabels)
-        page.figure(png, "bar chart of the primary test metric per task and method")
+    if many:
+        _primary_histograms(page, rows, labels, tasks)
     else:
-        page.muted("No test metrics to compare.")
+        _primary_bars(page, rows, labels, tasks)
 
     page.heading(2, "Runs", "runs")
     for i, (label, row) in enumerate(zip(labels, rows, strict=True)):
@@ -477,14 +484,107 @@ def _render_experiment(page: _Page, directory: Path) -> str:
     return title
 
 
+def _primary_bars(
+    page: _Page,
+    rows: Sequence[Mapping[str, Any]],
+    labels: Sequence[str],
+    tasks: Sequence[Mapping[str, Any]],
+) -> None:
+    """One bar panel per task, one bar per run (few tasks)."""
+    panels: dict[str, dict[str, float]] = {}
+    ylabels: dict[str, str] = {}
+    for task in tasks:
+        name, metric = str(task["name"]), str(task.get("primary_metric", ""))
+        panel_name = f"{name} ({metric})" if metric else name
+        ylabels[panel_name] = metric + _direction(task.get("higher_is_better"))
+        panels[panel_name] = {}
+        for label, row in zip(labels, rows, strict=True):
+            value = _finite(row.get("test", {}).get(name, {}).get(metric))
+            if value is not None:
+                panels[panel_name][label] = value
+    if any(panels.values()):
+        png = plots.bar_panels(panels, "Primary test metric per task", ylabels=ylabels)
+        page.figure(png, "bar chart of the primary test metric per task and method")
+    else:
+        page.muted("No test metrics to compare.")
+
+
+def _primary_metric_groups(tasks: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """Primary metric -> the tasks scored by it: only values of one metric are summarised together."""
+    groups: dict[str, list[str]] = {}
+    for task in tasks:
+        groups.setdefault(str(task.get("primary_metric", "")), []).append(str(task["name"]))
+    return groups
+
+
+def _primary_histograms(
+    page: _Page,
+    rows: Sequence[Mapping[str, Any]],
+    labels: Sequence[str],
+    tasks: Sequence[Mapping[str, Any]],
+) -> None:
+    """Per primary metric, a histogram over tasks of each run's test value (many tasks)."""
+    drawn = False
+    for metric, names in _primary_metric_groups(tasks).items():
+        values: dict[str, list[float]] = {}
+        for label, row in zip(labels, rows, strict=True):
+            test = row.get("test", {})
+            found = [_finite(test.get(n, {}).get(metric)) for n in names]
+            values[label] = [v for v in found if v is not None]
+        if not any(values.values()):
+            continue
+        png = plots.histogram(
+            values, f"Test {metric} over {len(names)} tasks, per run", metric or "value"
+        )
+        page.figure(
+            png,
+            f"histogram over tasks of the test {metric} of each run",
+            f"Summarised: one outline per run counts the tasks by their test {metric}.",
+        )
+        drawn = True
+    if not drawn:
+        page.muted("No test metrics to compare.")
+
+
 def _comparison_table(
     rows: Sequence[Mapping[str, Any]],
     labels: Sequence[str],
     anchors: Sequence[str],
     tasks: Sequence[Mapping[str, Any]],
+    *,
+    summarise: bool = False,
 ) -> str:
+    """One row per run; a column per task, or (``summarise``) mean and median over tasks."""
     columns: list[tuple[str, list[float | None], bool | None, str]] = []
-    for task in tasks:
+    if summarise:
+        direction_of = {str(t["name"]): t.get("higher_is_better") for t in tasks}
+        for metric, names in _primary_metric_groups(tasks).items():
+            hibs = {direction_of[n] for n in names}
+            hib = hibs.pop() if len(hibs) == 1 else None
+            direction = hib if isinstance(hib, bool) else None
+            per_row = [
+                [
+                    v
+                    for n in names
+                    if (v := _finite(row.get("test", {}).get(n, {}).get(metric))) is not None
+                ]
+                for row in rows
+            ]
+            for stat, fn in (("mean", statistics.fmean), ("median", statistics.median)):
+                values = [fn(v) if v else None for v in per_row]
+                title = f"{stat} {metric} over {len(names)} tasks{_direction(direction)}"
+                columns.append((title, values, direction, "metric"))
+        summaries = list(
+            dict.fromkeys(
+                k for row in rows for k in (row.get("summary_metrics") or {}).get("test", {})
+            )
+        )
+        for key in summaries:
+            values = [
+                _finite((row.get("summary_metrics") or {}).get("test", {}).get(key)) for row in rows
+            ]
+            columns.append((f"{key} (test)", values, None, "metric"))
+    for task in tasks if not summarise else ():
         name, metric = str(task["name"]), str(task.get("primary_metric", ""))
         hib = task.get("higher_is_better")
         direction = hib if isinstance(hib, bool) else None
@@ -527,10 +627,23 @@ def _render_run(page: _Page, run: RunData, *, level: int, prefix: str) -> None:
     expected = [m for m in run.missing if m != RESULTS_FILE]
     if expected:
         page.note(f"Missing from {run.directory}: {', '.join(expected)}.")
-    page.add(_overview(run))
+    many = len(run.task_names()) > MANY_TASKS
+    if many:
+        page.note(
+            f"{len(run.task_names())} tasks (more than {MANY_TASKS}): the figures summarise over "
+            "tasks (mean, median and spread per epoch, the "
+            f"{_EXTREME_TASKS} best and worst tasks by their validation primary metric, a "
+            "histogram of the per-task values) instead of drawing every task; the per-task numbers "
+            "are in the collapsed tables."
+        )
+    page.add(_overview(run, collapse=many))
 
     page.heading(level, "Final results" if run.complete else "Latest validation", f"{prefix}final")
-    page.add(_final_table(run))
+    final = _final_table(run)
+    if many:
+        page.add(_histogram_of_primary(run))
+        final = f"<details><summary>Per-task table ({len(run.task_names())} tasks)</summary>{final}</details>"
+    page.add(final)
 
     best = run.best_epoch
     vline_label = f"best epoch {best}" if best is not None else None
@@ -553,7 +666,7 @@ def _render_run(page: _Page, run: RunData, *, level: int, prefix: str) -> None:
         )
 
 
-def _overview(run: RunData) -> str:
+def _overview(run: RunData, *, collapse: bool = False) -> str:
     results = run.results or {}
     facts: list[tuple[str, str]] = [("name", run.name)]
     for key in ("balancer", "architecture"):
@@ -583,8 +696,74 @@ def _overview(run: RunData) -> str:
             ]
             for name, t in info.items()
         ]
-        html_parts.append(_table(["task", "kind", "primary metric"], body))
+        table = _table(["task", "kind", "primary metric"], body)
+        if collapse:
+            table = f"<details><summary>Tasks ({len(body)})</summary>{table}</details>"
+        html_parts.append(table)
     return "".join(html_parts)
+
+
+def _final_primary(run: RunData, split: str) -> dict[str, float]:
+    """Each task's primary metric on ``split`` at the selected epoch (results.json); else latest val."""
+    info = run.task_info()
+    if run.complete:
+        values = (run.results or {}).get(split) or {}
+        found = {
+            t: _finite(values.get(t, {}).get(info.get(t, {}).get("primary_metric")))
+            for t in run.task_names()
+        }
+        return {t: v for t, v in found.items() if v is not None}
+    metrics = run.metrics
+    if split != "val" or metrics is None:
+        return {}
+    val = metrics[(metrics["split"] == "val") & (metrics["task"] != "")].dropna(subset=["value"])
+    if val.empty:
+        return {}
+    latest = val[val["epoch"] == val["epoch"].max()]
+    out: dict[str, float] = {}
+    for t in run.task_names():
+        rows = latest[
+            (latest["task"] == t) & (latest["metric"] == info.get(t, {}).get("primary_metric"))
+        ]
+        if not rows.empty:
+            out[t] = float(rows["value"].mean())
+    return out
+
+
+def _extreme_tasks(run: RunData) -> list[tuple[str, str]]:
+    """``(label, task)`` for the best and worst tasks by validation primary metric."""
+    values = _final_primary(run, "val")
+    info = run.task_info()
+    if not values:
+        return []
+    metrics = {str(info.get(t, {}).get("primary_metric")) for t in values}
+    if len(metrics) != 1:  # different metrics cannot be ranked against each other
+        return []
+    hib = info.get(next(iter(values)), {}).get("higher_is_better")
+    ranked = sorted(values, key=values.__getitem__, reverse=hib is not False)
+    k = min(_EXTREME_TASKS, len(ranked) // 2)
+    return [("best", t) for t in ranked[:k]] + [("worst", t) for t in ranked[len(ranked) - k :]]
+
+
+def _histogram_of_primary(run: RunData) -> str:
+    """A figure (as HTML) of the per-task primary metric at the selected epoch, val and test."""
+    info = run.task_info()
+    metrics = {str(info.get(t, {}).get("primary_metric", "")) for t in run.task_names()}
+    if len(metrics) != 1:
+        return ""
+    metric = metrics.pop()
+    values = {split: list(_final_primary(run, split).values()) for split in ("val", "test")}
+    values = {k: v for k, v in values.items() if v}
+    if not values:
+        return ""
+    page = _Page()
+    png = plots.histogram(values, f"{metric} per task ({len(run.task_names())} tasks)", metric)
+    page.figure(
+        png,
+        f"histogram of the per-task {metric}",
+        f"Summarised: the tasks counted by their {metric} at the selected epoch.",
+    )
+    return "".join(page.parts)
 
 
 def _ordered_metrics(names: Iterable[str], primary: str | None) -> list[str]:
@@ -666,12 +845,41 @@ def _loss_section(
     total = losses[losses["task"] == ""]
     if not total.empty:
         panels["total"] = {split: _curve(g) for split, g in total.groupby("split", sort=False)}
-    for task in run.task_names():
+    names = run.task_names()
+    if len(names) > MANY_TASKS:
+        per_task = losses[losses["task"].isin(names)]
+        per_task = per_task.groupby(["split", "task", "epoch"])["value"].mean().reset_index()
+        for stat in ("mean", "median"):
+            panels[f"{stat} over {len(names)} tasks"] = {
+                str(split): _stat_curve(g, stat)
+                for split, g in per_task.groupby("split", sort=False)
+            }
+        shown = _extreme_tasks(run)
+        best_names = ", ".join(t for tag, t in shown if tag == "best") or "—"
+        worst_names = ", ".join(t for tag, t in shown if tag == "worst") or "—"
+        caption = (
+            f"Summarised over {len(names)} tasks: mean and median task loss per epoch, then the "
+            f"best ({best_names}) and worst ({worst_names}) tasks by validation primary metric."
+        )
+    else:
+        shown = [("", t) for t in names]
+        caption = "Train and validation loss per task and epoch."
+    for tag, task in shown:
         rows = losses[losses["task"] == task]
         if not rows.empty:
-            panels[task] = {split: _curve(g) for split, g in rows.groupby("split", sort=False)}
+            title = f"{task} ({tag})" if tag else task
+            panels[title] = {split: _curve(g) for split, g in rows.groupby("split", sort=False)}
     png = plots.line_panels(panels, "Loss per task", "epoch", vline=best, vline_label=vline_label)
-    page.figure(png, "loss curves per task", "Train and validation loss per task and epoch.")
+    page.figure(png, "loss curves per task", caption)
+
+
+def _stat_curve(frame: pd.DataFrame, stat: str) -> plots.Series:
+    """Per epoch, ``stat`` (mean, median, min, max, or a quantile "q10") over the tasks' values."""
+    grouped = frame.groupby("epoch")["value"]
+    quantile = stat.startswith("q")
+    per_epoch = grouped.quantile(int(stat[1:]) / 100) if quantile else grouped.agg(stat)
+    per_epoch = per_epoch.sort_index()
+    return ([float(x) for x in per_epoch.index], [float(y) for y in per_epoch.to_numpy()])
 
 
 def _val_section(
@@ -695,10 +903,24 @@ def _val_section(
     panels: dict[str, dict[str, plots.Series]] = {}
     ylabels: dict[str, str] = {}
     order = run.task_names()
+    many = len(order) > MANY_TASKS
     for metric in sorted(per_task["metric"].unique()):
         rows = per_task[per_task["metric"] == metric]
-        groups = dict(tuple(rows.groupby("task", sort=False)))
-        panels[metric] = {t: _curve(groups[t]) for t in order if t in groups}
+        if many:
+            rows = rows[rows["task"].isin(order)]
+            rows = rows.groupby(["task", "epoch"])["value"].mean().reset_index()
+            panels[metric] = {
+                label: _stat_curve(rows, stat)
+                for label, stat in (
+                    ("mean", "mean"),
+                    ("median", "median"),
+                    ("10th percentile", "q10"),
+                    ("90th percentile", "q90"),
+                )
+            }
+        else:
+            groups = dict(tuple(rows.groupby("task", sort=False)))
+            panels[metric] = {t: _curve(groups[t]) for t in order if t in groups}
         ylabels[metric] = metric
     for metric, rows in run_level.groupby("metric", sort=True):
         if metric == "delta_m":
@@ -711,7 +933,10 @@ def _val_section(
         panels, "Validation metrics", "epoch", ylabels=ylabels, vline=best, vline_label=vline_label
     )
     caption = (
-        "One panel per metric, one line per task; run-level values (Δm, selection score) last."
+        f"Summarised over {len(order)} tasks: one panel per metric, with the mean, median, 10th "
+        "and 90th percentile over tasks per epoch; run-level values (Δm, selection score) last."
+        if many
+        else "One panel per metric, one line per task; run-level values (Δm, selection score) last."
     )
     page.figure(png, "validation metrics per epoch", caption)
 
@@ -748,7 +973,11 @@ def _weights_section(page: _Page, run: RunData, level: int, prefix: str) -> None
     window = max(1, int(steps_per_epoch.median()))
     smooth: dict[str, plots.Series] = {}
     raw: dict[str, plots.Series] = {}
-    for task in run.task_names():
+    names = run.task_names()
+    if len(names) > MANY_TASKS:
+        _weights_summary(page, weights, names, window)
+        return
+    for task in names:
         rows = weights[weights["task"] == task]
         if rows.empty:
             continue
@@ -775,6 +1004,41 @@ def _weights_section(page: _Page, run: RunData, level: int, prefix: str) -> None
         if t in final.index
     ]
     page.add(_table(["task", f"mean weight in epoch {last}"], body))
+
+
+def _weights_summary(page: _Page, weights: pd.DataFrame, names: Sequence[str], window: int) -> None:
+    """Many tasks: the mean, min and max weight over tasks per step, and a collapsed table."""
+    rows = weights[weights["task"].isin(names)]
+    if rows.empty:
+        page.muted("No task weights recorded for the run's tasks.")
+        return
+    per_step = rows.groupby(["step", "task"])["weight"].mean().unstack("task")
+    stride = max(1, len(per_step) // _RAW_POINTS_PER_TASK)
+    xs = [float(x) for x in per_step.index][::stride]
+    smooth: dict[str, plots.Series] = {}
+    for label, series in (
+        ("mean", per_step.mean(axis=1)),
+        ("min", per_step.min(axis=1)),
+        ("max", per_step.max(axis=1)),
+    ):
+        rolled = series.rolling(window, min_periods=1, center=True).mean()
+        smooth[label] = (xs, [float(y) for y in rolled.to_numpy()[::stride]])
+    png = plots.line_plot(smooth, f"Task weights over {len(names)} tasks", "step", "weight")
+    page.figure(
+        png,
+        "mean, min and max task weight over training steps",
+        f"Summarised over {len(names)} tasks: mean, smallest and largest weight at each step, "
+        f"rolling mean over {window} step(s) (about one epoch).",
+    )
+    last = int(weights["epoch"].max())
+    final = weights[weights["epoch"] == last].groupby("task")["weight"].mean()
+    body = [
+        [(_esc(t), ""), (_esc(format_value(float(final[t]))), "num")]
+        for t in names
+        if t in final.index
+    ]
+    table = _table(["task", f"mean weight in epoch {last}"], body)
+    page.add(f"<details><summary>Per-task weights ({len(body)} tasks)</summary>{table}</details>")
 
 
 def _expert_order(experts: Iterable[str]) -> list[str]:
@@ -806,6 +1070,22 @@ def _experts_section(
         colorbar_label="gate weight",
     )
     page.figure(png, f"expert gate weights per task at epoch {last}")
+    if len(run.task_names()) > MANY_TASKS:
+        mean = experts[experts["task"].isin(tasks)].groupby(["expert", "epoch"])["weight"].mean()
+        series = {
+            e: ([float(x) for x in mean.loc[e].index], [float(y) for y in mean.loc[e].to_numpy()])
+            for e in expert_names
+            if e in mean.index.get_level_values("expert")
+        }
+        png = plots.line_plot(
+            series, f"Gate weight per expert, mean over {len(tasks)} tasks", "epoch", "weight"
+        )
+        page.figure(
+            png,
+            "mean expert gate weights over epochs",
+            f"Summarised: one line per expert, its gate weight averaged over {len(tasks)} tasks.",
+        )
+        return
     per_epoch = experts.groupby(["task", "expert", "epoch"])["weight"].mean()
     panels: dict[str, dict[str, plots.Series]] = {}
     for task in tasks:

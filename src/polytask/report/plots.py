@@ -33,6 +33,7 @@ __all__ = [
     "bar_panels",
     "bar_plot",
     "heatmap",
+    "histogram",
     "line_panels",
     "line_plot",
 ]
@@ -299,6 +300,42 @@ def bar_panels(
         ax.set_title(name, fontsize="medium")
         ax.set_ylabel((ylabels or {}).get(name, ""), fontsize="small")
     fig.suptitle(title)
+    return _to_png(fig)
+
+
+def histogram(
+    values: Mapping[str, Sequence[float]],
+    title: str,
+    xlabel: str,
+    *,
+    bins: int = 20,
+) -> bytes:
+    """Histograms of named samples on shared bins, drawn as outlines so that several stay legible.
+
+    For one number per task when there are too many tasks for a bar or panel each (School's 139
+    schools): the shape of the distribution, its spread and its outliers in one small figure.
+    Non-finite values are left out.
+    """
+    clean = {k: [float(v) for v in vs if math.isfinite(v)] for k, vs in values.items()}
+    clean = {k: vs for k, vs in clean.items() if vs}
+    fig = _new_figure(8.0, 4.0)
+    _margins(fig, top=0.4)
+    ax = fig.add_subplot()
+    if not clean:
+        _no_data(ax)
+    else:
+        lo = min(min(vs) for vs in clean.values())
+        hi = max(max(vs) for vs in clean.values())
+        edges = [lo + (hi - lo) * i / bins for i in range(bins + 1)] if hi > lo else bins
+        colors = _colors(list(clean))
+        for name, vs in clean.items():
+            ax.hist(vs, bins=edges, histtype="step", linewidth=1.5, label=name, color=colors[name])
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+        _legend(ax, len(clean))
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("tasks")
     return _to_png(fig)
 
 

@@ -1,0 +1,60 @@
+"""HardSharing head kinds: per-task linear heads, or a shared map with per-task offset/scale."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from polytask.models import MLP, HardSharing, create_model
+from polytask.models.base import TaskOffset
+from polytask.tasks import Task
+
+
+def _tasks(n: int = 5) -> list[Task]:
+    return [Task(f"t{i}", "regression") for i in range(n)]
+
+
+@pytest.mark.parametrize(("head", "per_task"), [("shared_offset", 1), ("shared_affine", 2)])
+def test_shared_heads_learn_one_or_two_numbers_per_task(head: str, per_task: int) -> None:
+    torch.manual_seed(0)
+    tasks = _tasks()
+    # as YAML would give it: model.options: {head: ...}
+    model = create_model("hard_sharing", MLP(4, hidden=[8]), tasks, **{"head": head})
+    assert isinstance(model, HardSharing)
+    for t in tasks:
+        assert sum(p.numel() for p in model.task_parameters(t.name)) == per_task
+    shared = {id(p) for p in model.shared_parameters()}
+    assert model.shared_head is not None
+    assert all(id(p) in shared for p in model.shared_head.parameters())
+    x = torch.randn(6, 4)
+    rep = model.encode(x)
+    assert rep.shape == (6, 1)  # the representation is the shared prediction
+    with torch.no_grad():
+        for i, offset in enumerate(model.heads.values()):
+            assert isinstance(offset, TaskOffset)
+            offset.bias.fill_(float(i))
+    out = model(x)
+    assert set(out) == {t.name for t in tasks}
+    # at initialisation (scale 1) tasks differ by their offset only
+    assert torch.allclose(out["t3"] - out["t1"], torch.full((6, 1), 2.0))
+    sum(o.square().sum() for o in out.values()).backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_default_head_is_a_linear_layer_per_task() -> None:
+    model = HardSharing(MLP(4, hidden=[8]), _tasks(2))
+    assert model.shared_head is None
+    assert all(isinstance(h, nn.Linear) for h in model.heads.values())
+    assert model.encode(torch.randn(3, 4)).shape == (3, 8)
+
+
+def test_shared_heads_are_refused_where_they_cannot_apply() -> None:
+    with pytest.raises(ValueError, match="unknown head"):
+        HardSharing(MLP(4, hidden=[8]), _tasks(2), head="tiny")
+    mixed = [Task("r", "regression"), Task("m", "multiclass", num_classes=3)]
+    with pytest.raises(ValueError, match="one output width"):
+        HardSharing(MLP(4, hidden=[8]), mixed, head="shared_offset")
+    own = [Task("a", "regression"), Task("b", "regression", head=lambda d: nn.Linear(d, 1))]
+    with pytest.raises(ValueError, match="bring their own"):
+        HardSharing(MLP(4, hidden=[8]), own, head="shared_affine")
