@@ -94,3 +94,12 @@ def test_bad_task_definitions_are_refused() -> None:
         Task("x", "multiclass")
     with pytest.raises(ValueError, match="primary metric"):
         Task("x", "binary", primary_metric="mae")
+
+
+def test_metrics_never_synchronise_across_processes() -> None:
+    # Every rank evaluates the whole split and rank 0 alone trains the single-task baselines under
+    # torchrun: a hidden all-gather in compute() would double-count rows or deadlock.
+    for kind in ("binary", "multiclass", "regression"):
+        task = Task("t", kind, num_classes=3) if kind == "multiclass" else Task("t", kind)
+        for metric in task.make_metrics().values():
+            assert metric.sync_on_compute is False and metric._to_sync is False

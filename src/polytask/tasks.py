@@ -336,7 +336,10 @@ class Task:
         """
         metrics = {k: f() for k, f in self.metric_factories().items()}
         for metric in metrics.values():
+            # torchmetrics reads ``sync_on_compute`` only in ``__init__`` (into ``_to_sync``) and
+            # the factories are the user's: switch both off after construction.
             metric.sync_on_compute = False
+            metric._to_sync = False
         return torchmetrics.MetricCollection(metrics)
 
     def update_metrics(
