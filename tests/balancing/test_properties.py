@@ -406,7 +406,7 @@ def test_nash_mtl_solves_conflicting_gradients_of_different_norms(max_norm: floa
     the bargaining weights were silently the stale start (only a warning said so). The solution
     exists (G is positive definite): ``α ≈ (0.134976, 0.508032)`` (Newton on ``G α = 1/α``)."""
     jac = torch.tensor([[-6.0, 0.0, -7.0], [-1.0, -1.0, 2.0]], dtype=torch.float64)
-    balancer = create_balancer("nash_mtl", names(2), max_norm=max_norm)
+    balancer = create_balancer("nash_mtl", names(2), max_norm=max_norm, solver="ecos")
     with pytest.warns(RuntimeWarning, match="Newton"):
         _, w = update(balancer, info(jac))
     assert "nash_mtl/solver_failed" not in balancer.warning_counts
@@ -421,6 +421,27 @@ def test_nash_mtl_solves_conflicting_gradients_of_different_norms(max_norm: floa
     if max_norm > 0:  # the update is clipped to norm max_norm; the weights keep their ratio
         assert abs(float((w @ jac).norm()) - max_norm) < 1e-9
     torch.testing.assert_close(w / w.sum(), alpha / alpha.sum())
+
+
+def test_nash_mtl_newton_solver_matches_ecos() -> None:
+    """The default damped-Newton solve and the paper's cvxpy/ECOS iterations solve the same
+    equation ``G α = 1/α``; Newton needs no fallback on the problem where ECOS fails."""
+    jac = torch.tensor([[-6.0, 0.0, -7.0], [-1.0, -1.0, 2.0]], dtype=torch.float64)
+    newton = create_balancer("nash_mtl", names(2), max_norm=0.0)
+    _, w = update(newton, info(jac))
+    assert newton.warning_counts == {}
+    torch.testing.assert_close(
+        w, torch.tensor([0.134976, 0.508032], dtype=torch.float64), rtol=1e-5, atol=0.0
+    )
+    generator = torch.Generator().manual_seed(0)
+    jac = torch.randn(5, 40, generator=generator, dtype=torch.float64)
+    _, w_newton = update(create_balancer("nash_mtl", names(5), max_norm=0.0), info(jac))
+    _, w_ecos = update(
+        create_balancer("nash_mtl", names(5), max_norm=0.0, solver="ecos"), info(jac)
+    )
+    g = jac @ jac.T
+    torch.testing.assert_close(g @ w_newton, 1.0 / w_newton, rtol=1e-10, atol=0.0)
+    torch.testing.assert_close(w_newton, w_ecos, rtol=1e-3, atol=0.0)
 
 
 def test_imtl_g_never_reverses_the_update() -> None:

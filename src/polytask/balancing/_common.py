@@ -34,6 +34,7 @@ __all__ = [
     "least_squares_weights",
     "require_positive_losses",
     "seeded_global_rng",
+    "step_cpu_generator",
     "trace_normalized",
     "warn_and_count",
 ]
@@ -107,6 +108,16 @@ def require_positive_losses(
 # ---------------------------------------------------------------------------------- randomness
 def _seed_from(generator: torch.Generator) -> int:
     return int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+
+
+def step_cpu_generator(generator: torch.Generator) -> torch.Generator:
+    """A CPU generator seeded exactly as :func:`seeded_global_rng` seeds the global CPU RNG.
+
+    For code of ours that used to draw from the global CPU RNG inside :func:`seeded_global_rng`
+    (e.g. ``torch.randperm`` on the CPU): drawing from this generator gives the same numbers,
+    without forking and restoring the global RNG states.
+    """
+    return torch.Generator(device="cpu").manual_seed(_seed_from(generator))
 
 
 @contextmanager

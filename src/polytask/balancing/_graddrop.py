@@ -4,12 +4,13 @@ NeurIPS).
 GradDrop acts element-wise on the gradients. For every coordinate it measures the positive sign
 purity ``P = ½ (1 + Σ_i g_i / Σ_i |g_i|)`` and draws ``U ~ Uniform(0, 1)``; if ``P > U`` only the
 positive task gradients of that coordinate are kept, otherwise only the negative ones, and the
-update is the sum of what is kept (torchjd's ``GradDrop`` aggregator, lines 10-15 of the paper's
-Algorithm 1, with ``f`` the identity and no leak). It needs the Jacobian itself. The paper applies
+update is the sum of what is kept (as torchjd's ``GradDrop`` aggregator: lines 10-15 of the paper's
+Algorithm 1, with ``f`` the identity and no leak; computed here without a loop over the tasks, as
+the per-coordinate sums of the positive and of the negative entries, one of which is kept). It needs the Jacobian itself. The paper applies
 GradDrop to the gradients of the shared *representation* (the engine's representation mode);
 with ``mode="jacobian"`` it works on all shared parameters, the common re-implementation.
 
-The draws use torch's global RNG inside torchjd; we run it forked and seeded from the step's
+The draws (``torch.rand``, as torchjd draws them) use torch's global RNG, forked and seeded from the step's
 generator (reproducible, identical on every DDP rank, training randomness untouched). The reported
 weights are the least-squares coefficients of the update on the task gradients (``G⁺ J d``; the
 masked update is not exactly a weighting of the rows).
@@ -17,9 +18,8 @@ masked update is not exactly a weighting of the rows).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from torchjd.aggregation import GradDrop as _TorchjdGradDrop
+import torch
+from torch import Tensor
 
 from polytask.balancing._common import (
     check_finite_weights,
@@ -33,6 +33,23 @@ from polytask.balancing.registry import register_balancer
 __all__ = ["GradDrop"]
 
 
+def _sign_dropout(jacobian: Tensor) -> Tensor:
+    """The GradDrop update of the rows of ``jacobian`` (draws ``U`` from the global RNG)."""
+    if jacobian.shape[0] == 0 or jacobian.shape[1] == 0:
+        return jacobian.new_zeros(jacobian.shape[1])
+    # P exactly as torchjd computes it, so that the comparisons with U are the same.
+    purity = 0.5 * (1.0 + jacobian.sum(dim=0) / jacobian.abs().sum(dim=0))
+    draws = torch.rand(purity.shape, dtype=jacobian.dtype, device=jacobian.device)
+    positive = jacobian.clamp(min=0.0).sum(dim=0)
+    negative = jacobian.clamp(max=0.0).sum(dim=0)
+    # A coordinate where P is NaN (all gradients zero) or P == U keeps nothing.
+    return torch.where(
+        purity > draws,
+        positive,
+        torch.where(purity < draws, negative, torch.zeros_like(positive)),
+    )
+
+
 @register_balancer("graddrop")
 class GradDrop(Balancer):
     """Keep, per coordinate, only the gradients of one sign chosen at random by sign purity."""
@@ -44,10 +61,6 @@ class GradDrop(Balancer):
         "Optimizing Deep Multitask Models with Gradient Sign Dropout, NeurIPS"
     )
 
-    def __init__(self, task_names: Sequence[str]) -> None:
-        super().__init__(task_names)
-        self._solver = {"graddrop": _TorchjdGradDrop()}
-
     def combine(self, step: StepInfo) -> Combination:
         assert step.jacobian is not None and step.gramian is not None
         jacobian = step.jacobian.detach()
@@ -56,7 +69,7 @@ class GradDrop(Balancer):
                 "graddrop",
                 step.step,
                 "the sign dropout",
-                lambda: self._solver["graddrop"](jacobian),
+                lambda: _sign_dropout(jacobian),
             )
         weights = least_squares_weights(jacobian, step.gramian, direction)
         check_finite_weights("graddrop", step.step, weights)

@@ -2,8 +2,8 @@
 
 The update is the minimum-norm point of the convex hull of the task gradients,
 ``w* = argmin_{w ∈ Δ} ||Σ_i w_i g_i||²`` (``Δ`` the simplex), found with the Frank-Wolfe solver of
-the paper's Algorithm 2 (torchjd's ``MGDAWeighting``; it only reads the Gramian ``G = J Jᵀ``, so the
-cheap Gramian mode works). When ``d = Σ_i w_i g_i`` is not zero it makes a non-negative inner
+the paper's Algorithm 2 (torchjd's ``MGDAWeighting``, the same iterations run here in numpy on the
+``T x T`` Gramian; it only reads ``G = J Jᵀ``, so the cheap Gramian mode works). When ``d = Σ_i w_i g_i`` is not zero it makes a non-negative inner
 product with every task gradient (no task is harmed to first order); the weights lie on the
 simplex, so the update has the scale of a single (averaged) gradient.
 
@@ -23,8 +23,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
-from torchjd.aggregation import MGDAWeighting
 
 from polytask.balancing._common import check_choice, check_int, check_number, guarded
 from polytask.balancing.base import Balancer, Combination, Needs, StepInfo, scatter_present
@@ -33,6 +33,30 @@ from polytask.balancing.registry import register_balancer
 __all__ = ["MGDA"]
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
+
+
+def _frank_wolfe(gramian: torch.Tensor, epsilon: float, max_iters: int) -> torch.Tensor:
+    """Algorithm 2 of the paper (torchjd's ``MGDAWeighting`` iterations) on a ``T x T`` Gramian."""
+    g = gramian.detach().double().cpu().numpy()
+    m = g.shape[0]
+    alpha = np.full(m, 1.0 / m)
+    for _ in range(max_iters):
+        g_alpha = g @ alpha
+        t = int(np.argmin(g_alpha))
+        a = float(alpha @ g[:, t])
+        b = float(alpha @ g_alpha)
+        c = float(g[t, t])
+        if c <= a:
+            gamma = 1.0
+        elif b <= a:
+            gamma = 0.0
+        else:
+            gamma = (b - a) / (b + c - 2 * a)
+        alpha = (1 - gamma) * alpha
+        alpha[t] += gamma
+        if gamma < epsilon:
+            break
+    return torch.from_numpy(alpha).to(gramian.device)
 
 
 @register_balancer("mgda")
@@ -58,7 +82,6 @@ class MGDA(Balancer):
         self.normalization = check_choice(method, "normalization", normalization, NORMALIZATIONS)
         self.epsilon = check_number(method, "epsilon", epsilon, low=0.0, low_inclusive=False)
         self.max_iters = check_int(method, "max_iters", max_iters, low=1)
-        self._solver = {"mgda": MGDAWeighting(epsilon=self.epsilon, max_iters=self.max_iters)}
 
     @classmethod
     def _method_name(cls) -> str:
@@ -87,7 +110,7 @@ class MGDA(Balancer):
             self._method_name(),
             step.step,
             "the Frank-Wolfe min-norm solver",
-            lambda: self._solver["mgda"](normalized),
+            lambda: _frank_wolfe(normalized, self.epsilon, self.max_iters),
         )
         return Combination(weights=scatter_present(weights.to(step.losses.dtype), step.present))
 
