@@ -460,3 +460,71 @@ def test_imtl_g_never_reverses_the_update() -> None:
         assert float(projections.min()) > 0
         torch.testing.assert_close(projections, projections.mean().expand(3))
     assert cosine(d, doubled) > 1 - 1e-9
+
+
+# --------------------------------------------------------------------------------- fast solvers
+def _random_gramians(seed: int, count: int) -> list[Tensor]:
+    """Random Gramians ``B Bᵀ`` of 2..8 tasks, full rank and rank-deficient, some correlated."""
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for k in range(count):
+        m = 2 + k % 7
+        rank = m + 5 if k % 2 else max(1, m - 1 - k % 3)
+        b = torch.randn(m, rank, generator=generator, dtype=torch.float64)
+        if k % 3 == 0:
+            b = b + torch.randn(rank, generator=generator, dtype=torch.float64)
+        out.append(b @ b.T)
+    return out
+
+
+def _gramian_info(gramian: Tensor) -> StepInfo:
+    m = gramian.shape[0]
+    return StepInfo(
+        losses=torch.ones(m, dtype=torch.float64),
+        present=torch.ones(m, dtype=torch.bool),
+        step=0,
+        epoch=0,
+        generator=torch.Generator().manual_seed(0),
+        gramian=gramian,
+    )
+
+
+@pytest.mark.parametrize("c", [0.4, 2.0])
+def test_cagrad_homotopy_matches_cvxpy(c: float) -> None:
+    """The exact homotopy solve gives CAGrad's update (compared through ``G``: ``||d - d_ref||``)
+    of torchjd's cvxpy/CLARABEL solve, up to CLARABEL's accuracy, and never a worse one."""
+    for gramian in _random_gramians(1, 14):
+        m = gramian.shape[0]
+        fast = create_balancer("cagrad", names(m), c=c)
+        ref = create_balancer("cagrad", names(m), c=c, solver="cvxpy")
+        w = fast.combine(_gramian_info(gramian)).weights.double()
+        w_ref = ref.combine(_gramian_info(gramian)).weights.double()
+        assert fast.warning_counts == {}
+        diff = w - w_ref
+        scale = float((w_ref @ gramian @ w_ref).clamp(min=0).sqrt()) + 1e-12
+        gap = float((diff @ gramian @ diff).clamp(min=0).sqrt()) / scale
+        # primal check: the worst improvement of the fast update is at least the reference's
+        assert float((gramian @ w).min()) >= float((gramian @ w_ref).min()) - 1e-9 * scale**2
+        assert gap < 2e-3
+        if gramian.shape[0] <= 4 and bool(torch.linalg.eigvalsh(gramian)[0] > 1e-3):
+            assert gap < 1e-4
+
+
+def test_fairgrad_newton_matches_least_squares() -> None:
+    """Newton solves ``G w = w^(-1/α)`` to rounding; it agrees with scipy's least_squares wherever
+    that one converged."""
+    for alpha in (0.5, 1.0, 2.0):
+        for gramian in _random_gramians(2, 14):
+            m = gramian.shape[0]
+            if bool(torch.linalg.eigvalsh(gramian)[0] <= 1e-6 * gramian.trace()):
+                continue  # singular: no solution to compare
+            fast = create_balancer("fairgrad", names(m), alpha=alpha)
+            ref = create_balancer("fairgrad", names(m), alpha=alpha, solver="scipy")
+            w = fast.combine(_gramian_info(gramian)).weights.double()
+            w_ref = ref.combine(_gramian_info(gramian)).weights.double()
+            assert fast.warning_counts == {}
+            target = w ** (-1.0 / alpha)
+            assert float((gramian @ w - target).norm() / target.norm()) < 1e-10
+            ref_target = w_ref ** (-1.0 / alpha)
+            if float((gramian @ w_ref - ref_target).norm() / ref_target.norm()) < 1e-7:
+                torch.testing.assert_close(w, w_ref, rtol=1e-5, atol=0.0)

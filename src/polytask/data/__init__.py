@@ -18,6 +18,7 @@ from polytask.data.multisource import (
     multimnist_two_sources,
     sources_by_task,
 )
+from polytask.data.qm9 import load_qm9
 from polytask.data.registry import (
     available,
     is_multisource,
@@ -47,6 +48,7 @@ __all__ = [
     "load_moleculenet",
     "load_multimnist",
     "load_multisource",
+    "load_qm9",
     "load_school",
     "load_school_raw",
     "load_smiles_csv",

@@ -22,6 +22,7 @@ from polytask.data.census import load_census
 from polytask.data.molecules import MOLECULENET, load_moleculenet
 from polytask.data.multimnist import load_multimnist
 from polytask.data.multisource import MultiSourceSplits, multimnist_two_sources, sources_by_task
+from polytask.data.qm9 import load_qm9
 from polytask.data.school import load_school
 
 __all__ = [
@@ -135,6 +136,10 @@ register_dataset(
     "school",
     "ILEA School: 15,362 students, 139 per-school exam-score regression tasks (missing labels)",
 )(load_school)
+register_dataset(
+    "qm9",
+    "QM9 (qm9pack): 130,831 molecules, 11 DFT property regression targets, ECFP4 + RDKit 2-D",
+)(load_qm9)
 
 
 def _moleculenet_loader(set_name: str) -> Loader:
