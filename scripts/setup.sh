@@ -13,4 +13,4 @@ python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 if ! python -c "import torch" >/dev/null 2>&1; then
   python -m pip install -q "torch==2.13.0"
 fi
-python -m pip install -q -e ".[chem,tensorboard,cvx,parquet,dev]"
+python -m pip install -q -e ".[chem,tensorboard,cvx,parquet,qm9,dev]"

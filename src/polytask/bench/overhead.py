@@ -689,11 +689,13 @@ _NOTES = [
     "at a time, so `J` is never held whole. On this two-layer trunk one layer holds most of the "
     "parameters, so it saves little memory and costs more time than `jacobian` mode; it pays off "
     "on deep trunks.",
-    "- What remains above EW for a gradient method at T = 12 in `representation` mode is mostly "
-    "the method itself, run on T×T Gramians or T×n matrices with many small torch operations "
-    "(e.g. MGDA's Frank–Wolfe loop of up to 100 iterations, PCGrad's and GradVac's pairwise "
-    "projections, CAGrad's and Nash-MTL's inner solvers): on a model this small, a few of these "
-    "take longer than the whole EW step.",
+    "- The methods' own solvers work on the T×T Gramian (MGDA's Frank–Wolfe in numpy, PCGrad's "
+    "and GradVac's projections tracked as Gram coefficients, Nash-MTL's and FairGrad's Newton "
+    "solves, CAGrad's active-set homotopy), so at T = 12 they cost well under a millisecond. "
+    "What remains above EW in `representation` mode is mostly the T small per-task backward "
+    "passes through the heads and the T×T Gramian of the representation gradients; methods "
+    "that need the Jacobian rows themselves (ConFIG, DB-MTL, GradDrop, ExcessMTL, MoCo) also "
+    "touch the full `T × n` matrix.",
 ]
 
 

@@ -16,7 +16,7 @@ geometry string) and merges them, and ``import qm9pack`` itself fails on current
 (it imports the removed ``pkg_resources``). So this loader never imports ``qm9pack``: it finds the
 installed package with :func:`importlib.util.find_spec` (which does not execute it) and reads only
 the ``Index``, ``SMILES`` and target columns of the three part files, checked against their
-pinned SHA-256 (under a second for all 130,831 molecules).
+pinned SHA-256 (about a second for all 130,831 molecules).
 
 Targets (names as in the QM9 literature; the package's columns and units, kept unconverted):
 
