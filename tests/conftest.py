@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,3 +26,12 @@ def data_dir() -> Path:
 def _deterministic() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(2)
+
+
+@pytest.fixture
+def single_thread(_deterministic: None) -> Iterator[None]:
+    """One intra-op thread for modules of tiny tensors (``pytestmark = usefixtures(...)``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -281,8 +281,11 @@ class ExperimentConfig(_Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-def _format(err: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration {source}:"]
+def format_validation_error(
+    err: ValidationError, source: str, what: str = "configuration"
+) -> str:
+    """One line per error, each naming its key path (``training.lr: ...``)."""
+    lines = [f"invalid {what} {source}:"]
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
@@ -296,7 +299,7 @@ def parse_config(raw: Any, source: str = "") -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format(err, source)) from None
+        raise ConfigError(format_validation_error(err, source)) from None
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:

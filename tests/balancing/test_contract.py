@@ -12,7 +12,7 @@ import inspect
 import io
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,13 +52,8 @@ ALL_MODES = ("jacobian", "gramian", "representation")
 
 
 # --------------------------------------------------------------------------------- helpers
-@pytest.fixture(autouse=True)
-def _single_thread(_deterministic: None) -> Iterator[None]:
-    """These tensors are tiny: one intra-op thread is faster, and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: one intra-op thread is faster, and immune to a busy machine.
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def make_tasks(n: int) -> list[Task]:

@@ -7,7 +7,6 @@ returns and ``d = w1 g1 + w2 g2`` (or the returned direction) the update of the 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -18,12 +17,8 @@ from polytask.balancing import Balancer, Combination, StepInfo, create_balancer
 TASKS = ["a", "b"]
 
 
-@pytest.fixture(autouse=True)
-def _single_thread(_deterministic: None) -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: one intra-op thread is faster, and immune to a busy machine.
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def info(

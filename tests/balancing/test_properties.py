@@ -7,8 +7,6 @@ the shared parameters is ``wᵀ J`` (or the returned ``direction``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
@@ -29,12 +27,8 @@ SETTINGS = settings(max_examples=30, **_COMMON)  # type: ignore[arg-type]
 FEW = settings(max_examples=12, **_COMMON)  # type: ignore[arg-type]
 
 
-@pytest.fixture(autouse=True)
-def _single_thread(_deterministic: None) -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: one intra-op thread is faster, and immune to a busy machine.
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # --------------------------------------------------------------------------------- strategies

@@ -9,8 +9,6 @@ that the epoch-based methods (DWA, STCH's warm-up) leave their start-up phase.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import Tensor
@@ -24,12 +22,8 @@ METHODS = sorted(available())
 N, IN_FEATURES, BATCH, EPOCHS = 192, 8, 48, 8  # 4 batches an epoch: 32 steps
 
 
-@pytest.fixture(autouse=True)
-def _single_thread(_deterministic: None) -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: one intra-op thread is faster, and immune to a busy machine.
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def make_problem() -> tuple[list[Task], Tensor, dict[str, Tensor]]:

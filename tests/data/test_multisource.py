@@ -3,7 +3,6 @@ builder (synthetic and real digits) and one short training run through the loop.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,12 +18,8 @@ BIN = Task("flag", "binary")
 REG = Task("size", "regression", out_dim=2, standardize=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(_deterministic: None) -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: one intra-op thread is faster, and immune to a busy machine.
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def three_sources() -> MultiSourceData:

@@ -8,7 +8,6 @@ frequency with standard error ``sqrt(p (1 - p) / N)``, and every check allows 5 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -33,12 +32,8 @@ from polytask.tasks import Task
 SIZES = [100, 400, 1500]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(_deterministic: None) -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: one intra-op thread is faster, and immune to a busy machine.
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def frequencies(sampler, epoch: int, n: int = 20_000, seed: int = 0) -> list[float]:

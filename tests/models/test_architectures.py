@@ -16,8 +16,6 @@ the second proves ``encode`` holds every shared parameter and ``decode`` only ta
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import Tensor, nn
@@ -53,13 +51,8 @@ TASKS = [
 BATCH = 12
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(_deterministic: None) -> Iterator[None]:
-    """Tiny tensors: intra-op threads only add contention (100x slower on a loaded 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: one intra-op thread is faster, and immune to a busy machine.
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class UserConv1d(StagedTrunk):

@@ -10,7 +10,6 @@ real training loop, with equal weights and with a Gramian method (UPGrad). The s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,13 +35,8 @@ ARCHS = ["hard_sharing", "mmoe", "cgc", "ple", "dselect_k", "cross_stitch", "mta
 TOX_TASKS = ["NR-AhR", "SR-ARE", "SR-MMP"]  # three assays with many positives (12-16%)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(_deterministic: None) -> Iterator[None]:
-    """Tiny tensors: intra-op threads only add contention on a shared 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: one intra-op thread is faster, and immune to a busy machine.
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture

@@ -43,7 +43,13 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from polytask.config import BalancerConfig, DataConfig, ExperimentConfig, ModelConfig
+from polytask.config import (
+    BalancerConfig,
+    DataConfig,
+    ExperimentConfig,
+    ModelConfig,
+    format_validation_error,
+)
 from polytask.config import TrainingConfig as _TrainingConfig
 
 __all__ = [
@@ -226,15 +232,6 @@ class SuiteConfig(_Strict):
 _SUITE_TRAINING_DEFAULTS: dict[str, Any] = {"progress": False, "tensorboard": False}
 
 
-def _format(err: ValidationError, source: str) -> str:
-    lines = [f"invalid benchmark suite {source}:"]
-    for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"  {path}: {msg}")
-    return "\n".join(lines)
-
-
 def parse_suite(raw: Any, source: str = "") -> SuiteConfig:
     """Validate a suite mapping; errors name the key path (``datasets.0.training.lr: ...``)."""
     if not isinstance(raw, dict):
@@ -242,7 +239,7 @@ def parse_suite(raw: Any, source: str = "") -> SuiteConfig:
     try:
         suite = SuiteConfig.model_validate(raw)
     except ValidationError as err:
-        raise SuiteError(_format(err, source)) from None
+        raise SuiteError(format_validation_error(err, source, "benchmark suite")) from None
     # The merged per-pair configs are validated too, so a cross-field error (e.g. a table
     # without targets after merging) is reported before hours of training, not in the middle.
     for i, ds in enumerate(suite.datasets):
@@ -251,7 +248,11 @@ def parse_suite(raw: Any, source: str = "") -> SuiteConfig:
                 suite.experiment(ds, arch)
             except ValidationError as err:
                 raise SuiteError(
-                    _format(err, f"{source} (datasets.{i} x architectures.{j}, merged)")
+                    format_validation_error(
+                        err,
+                        f"{source} (datasets.{i} x architectures.{j}, merged)",
+                        "benchmark suite",
+                    )
                 ) from None
     return suite
 

@@ -56,6 +56,7 @@ __all__ = [
     "load_smiles_csv",
     "murcko_scaffolds",
     "scaffold_split",
+    "warn_skipped",
 ]
 
 _NON_TASK_COLUMNS = {"smiles", "mol_id"}
@@ -292,6 +293,18 @@ def _caller_stacklevel() -> int:
     return level
 
 
+def warn_skipped(label: str, skipped: Sequence[int], what: str) -> None:
+    """One warning naming (up to ten of) the molecules rdkit could not parse, if any."""
+    if not skipped:
+        return
+    shown = ", ".join(str(r) for r in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
+    warnings.warn(
+        f"{label}: skipped {len(skipped)} molecule(s) whose SMILES rdkit could not parse "
+        f"({what} {shown})",
+        stacklevel=_caller_stacklevel(),
+    )
+
+
 def _check_fractions(fractions: tuple[float, float, float]) -> None:
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
         raise DataError(f"split fractions must be 3 non-negative numbers summing to 1: {fractions}")
@@ -514,13 +527,7 @@ def load_smiles_csv(
     }
     bits, valid = _fingerprints(smiles, sha, settings, radius, n_bits)
     skipped = np.flatnonzero(~valid).tolist()
-    if skipped:
-        shown = ", ".join(str(r) for r in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
-        warnings.warn(
-            f"{label}: skipped {len(skipped)} molecule(s) whose SMILES rdkit could not parse "
-            f"(data rows {shown})",
-            stacklevel=_caller_stacklevel(),
-        )
+    warn_skipped(label, skipped, "data rows")
     keep = np.flatnonzero(valid)
     if keep.size == 0:
         raise DataError(f"{p}: rdkit could not parse any SMILES in column {smiles_column!r}")

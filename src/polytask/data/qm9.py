@@ -58,7 +58,6 @@ import dataclasses
 import hashlib
 import importlib.util
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -71,11 +70,11 @@ from polytask.data.base import DataError, MultiTaskData, Splits, random_split
 from polytask.data.molecules import (
     FEATURES,
     _add_descriptors,
-    _caller_stacklevel,
     _check_fractions,
     _fingerprints,
     _rdkit,
     _rdkit_version,
+    warn_skipped,
 )
 from polytask.tasks import Task
 
@@ -298,13 +297,7 @@ def load_qm9(
     }
     bits, valid = _fingerprints(smiles, sha, settings, radius, n_bits)
     skipped = qm9_ids[~valid].tolist()
-    if skipped:
-        shown = ", ".join(str(r) for r in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
-        warnings.warn(
-            f"qm9: skipped {len(skipped)} molecule(s) whose SMILES rdkit could not parse "
-            f"(QM9 numbers {shown})",
-            stacklevel=_caller_stacklevel(),
-        )
+    warn_skipped("qm9", skipped, "QM9 numbers")
     keep = np.flatnonzero(valid)
     if keep.size < _MIN_SUBSET:
         raise DataError(f"QM9: only {keep.size} parsable molecule(s) in the selection")
