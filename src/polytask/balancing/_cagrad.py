@@ -45,9 +45,10 @@ from polytask.balancing._common import (
     GramianWeightingBalancer,
     check_choice,
     check_number,
+    torchjd_weighting,
     warn_and_count,
 )
-from polytask.balancing.base import BalancerError, StepInfo
+from polytask.balancing.base import StepInfo
 from polytask.balancing.registry import register_balancer
 
 __all__ = ["CAGrad"]
@@ -230,21 +231,19 @@ class CAGrad(GramianWeightingBalancer):
         super().__init__(task_names)
         self.c = check_number("cagrad", "c", c, low=0.0)
         self.solver = check_choice("cagrad", "solver", solver, SOLVERS)
+        # torchjd's CAGradWeighting, built on first use; kept in a dict, not as an attribute, so the
+        # (nn.Module) weighting is not registered as a submodule of the balancer.
         self._solver: dict[str, Any] = {}
         self._active_sets: dict[int, np.ndarray] = {}  # warm start only: never changes the result
         if self.solver == "cvxpy":
             self._cvxpy()
 
     def _cvxpy(self) -> Any:
-        weighting = self._solver.get("cvxpy")
-        if weighting is None:
-            try:
-                from torchjd.aggregation import CAGradWeighting
-
-                weighting = self._solver["cvxpy"] = CAGradWeighting(c=self.c, norm_eps=NORM_EPS)
-            except ImportError as err:
-                raise BalancerError(f"cagrad: {err}") from None
-        return weighting
+        if "cvxpy" not in self._solver:
+            self._solver["cvxpy"] = torchjd_weighting(
+                "cagrad", "CAGradWeighting", c=self.c, norm_eps=NORM_EPS
+            )
+        return self._solver["cvxpy"]
 
     def weigh(self, gramian: Tensor, step: StepInfo) -> Tensor:
         if self.solver == "homotopy":

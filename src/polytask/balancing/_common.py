@@ -171,6 +171,20 @@ def factor_of_gramian(gramian: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------- solvers
+def torchjd_weighting(method: str, class_name: str, **kwargs: Any) -> Any:
+    """An instance of ``torchjd.aggregation.<class_name>``, or a BalancerError naming ``method``.
+
+    Built lazily by the methods whose reference solver is torchjd's (its extras, e.g. cvxpy, may
+    be missing when only the fast solver is used).
+    """
+    try:
+        import torchjd.aggregation as aggregation
+
+        return getattr(aggregation, class_name)(**kwargs)
+    except ImportError as err:
+        raise BalancerError(f"{method}: {err}") from None
+
+
 def guarded(method: str, step: int, what: str, fn: Callable[[], T]) -> T:
     """Call a solver; any exception becomes a :class:`BalancerError` naming method and step."""
     try:

@@ -43,9 +43,10 @@ from polytask.balancing._common import (
     check_choice,
     check_int,
     check_number,
+    torchjd_weighting,
     warn_and_count,
 )
-from polytask.balancing.base import BalancerError, StepInfo
+from polytask.balancing.base import StepInfo
 from polytask.balancing.registry import register_balancer
 
 __all__ = ["FairGrad"]
@@ -132,22 +133,18 @@ class FairGrad(GramianWeightingBalancer):
             "fairgrad", "residual_tol", residual_tol, low=0.0, low_inclusive=False
         )
         self.solver = check_choice("fairgrad", "solver", solver, SOLVERS)
+        # torchjd's FairGradWeighting, built on first use; kept in a dict, not as an attribute, so the
+        # (nn.Module) weighting is not registered as a submodule of the balancer.
         self._solver: dict[str, Any] = {}
         if self.solver == "scipy":
             self._scipy()
 
     def _scipy(self) -> Any:
-        weighting = self._solver.get("scipy")
-        if weighting is None:
-            try:
-                from torchjd.aggregation import FairGradWeighting
-
-                weighting = self._solver["scipy"] = FairGradWeighting(
-                    alpha=self.alpha, max_iters=self.max_iters
-                )
-            except ImportError as err:
-                raise BalancerError(f"fairgrad: {err}") from None
-        return weighting
+        if "scipy" not in self._solver:
+            self._solver["scipy"] = torchjd_weighting(
+                "fairgrad", "FairGradWeighting", alpha=self.alpha, max_iters=self.max_iters
+            )
+        return self._solver["scipy"]
 
     def weigh(self, gramian: Tensor, step: StepInfo) -> Tensor:
         m = gramian.shape[0]
