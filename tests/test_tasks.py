@@ -94,6 +94,8 @@ def test_bad_task_definitions_are_refused() -> None:
         Task("x", "multiclass")
     with pytest.raises(ValueError, match="primary metric"):
         Task("x", "binary", primary_metric="mae")
+    with pytest.raises(ValueError, match=r"'E1-PBE0\.1' contains '\.'.*'E1-PBE0_1'"):
+        Task("E1-PBE0.1", "regression")
 
 
 def test_metrics_never_synchronise_across_processes() -> None:

@@ -106,6 +106,11 @@ class Task:
             ) from None
         if not self.name or not isinstance(self.name, str):
             raise ValueError(f"task name must be a non-empty string, got {self.name!r}")
+        if "." in self.name:  # PyTorch refuses '.' in module names, and heads are keyed by task
+            raise ValueError(
+                f"task name {self.name!r} contains '.', which PyTorch module names cannot hold; "
+                f"rename it (e.g. {self.name.replace('.', '_')!r})"
+            )
         if self.kind in (TaskKind.MULTICLASS, TaskKind.MULTILABEL) and (
             self.num_classes is None or self.num_classes < 2
         ):

@@ -19,7 +19,9 @@ Design points:
   overstates.
 
 Quirk of the pinned QM8 copy: its header repeats ``E1-PBE0, E2-PBE0, f1-PBE0, f2-PBE0`` and the
-repeated columns hold identical values. pandas names the repeats ``E1-PBE0.1`` etc.; all 16 tasks
+repeated columns hold identical values. pandas names the repeats ``E1-PBE0.1`` etc.; task names
+cannot hold '.' (they key PyTorch modules), so every '.' of a label column becomes '_'
+(``E1-PBE0_1``), with a warning and the mapping in ``Splits.info["renamed_tasks"]``. All 16 tasks
 are kept (MoleculeNet's nominal set) and the identical pairs are reported in
 ``Splits.info["identical_tasks"]``; pass ``tasks=[...]`` to keep a subset.
 """
@@ -293,6 +295,25 @@ def _caller_stacklevel() -> int:
     return level
 
 
+def _task_names(label: str, columns: Sequence[str]) -> dict[str, str]:
+    """Column -> task name: '.' (PyTorch module names refuse it) becomes '_', said in a warning."""
+    names = {c: c.replace(".", "_") for c in columns}
+    renamed = {c: n for c, n in names.items() if c != n}
+    clashes = sorted(n for n in set(names.values()) if list(names.values()).count(n) > 1)
+    if clashes:
+        raise DataError(
+            f"{label}: label columns {sorted(c for c in columns if names[c] in clashes)} all "
+            f"become task(s) {clashes} once '.' is replaced by '_'; rename them in the file"
+        )
+    if renamed:
+        warnings.warn(
+            f"{label}: {len(renamed)} label column(s) renamed because task names cannot hold '.': "
+            + ", ".join(f"{c} -> {n}" for c, n in renamed.items()),
+            stacklevel=3,
+        )
+    return names
+
+
 def warn_skipped(label: str, skipped: Sequence[int], what: str) -> None:
     """One warning naming (up to ten of) the molecules rdkit could not parse, if any."""
     if not skipped:
@@ -531,10 +552,11 @@ def load_smiles_csv(
     keep = np.flatnonzero(valid)
     if keep.size == 0:
         raise DataError(f"{p}: rdkit could not parse any SMILES in column {smiles_column!r}")
-    tasks = [Task(str(t), kind) for t in targets]
+    names = _task_names(label, [str(t) for t in targets])
+    tasks = [Task(names[str(t)], kind) for t in targets]
     data = MultiTaskData(
         inputs=torch.from_numpy(bits[keep].astype(np.float32)),
-        targets={str(t): torch.from_numpy(labels[t][keep]) for t in targets},
+        targets={names[str(t)]: torch.from_numpy(labels[t][keep]) for t in targets},
         tasks=tasks,
         name=label,
         row_ids=torch.from_numpy(keep.astype(np.int64)),
@@ -565,7 +587,8 @@ def load_smiles_csv(
             "sha256": sha,
             "featurizer": featurizer,
             "skipped": {"count": len(skipped), "rows": skipped},
-            "identical_tasks": _identical_columns({str(t): labels[t][keep] for t in targets}),
+            "identical_tasks": _identical_columns({names[str(t)]: labels[t][keep] for t in targets}),
+            "renamed_tasks": {c: n for c, n in names.items() if c != n},
         }
     )
     return splits.validate().fit_target_scalers()
