@@ -77,6 +77,17 @@ def test_quick_suite_runs_resumes_and_reports(
     # on the grid seed the tuned baseline is the chosen grid run itself, not a second training
     assert tuned["same_run_as"].startswith("multimnist__hard_sharing__equal_grid-lr")
 
+    # LibMTL's cell trains the same network on the same batches: with equal weights (a plain sum
+    # of the losses in both libraries) the selected checkpoint's metrics agree to float rounding.
+    lib = cells["multimnist__hard_sharing__libmtl-equal__seed0"]
+    assert lib["kind"] == "libmtl" and lib["libmtl"]["weighting"] == "EW"
+    ours = cells["multimnist__hard_sharing__equal__seed0"]
+    assert lib["best_epoch"] == ours["best_epoch"] and lib["num_parameters"] == ours["num_parameters"]
+    for split in ("val", "test"):
+        for task in ("left", "right"):
+            assert lib[split][task]["loss"] == pytest.approx(ours[split][task]["loss"], rel=1e-5)
+            assert lib[split][task]["accuracy"] == ours[split][task]["accuracy"]
+
     # Resume: finished cells are skipped; a removed cell (an interrupted run) is redone alone.
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / CELLS_DIR).glob("*.json")}
     (out / CELLS_DIR / "multimnist__hard_sharing__equal__seed1.json").unlink()
@@ -106,6 +117,9 @@ def test_quick_suite_runs_resumes_and_reports(
     assert f"polytask bench run {QUICK} --out {out}" in text
     assert "polytask bench report" in text
     assert f"Status: {len(expected)} of {len(expected)} cells finished" in text
+    assert "Side by side with LibMTL 1.1.5" in text
+    side = [line for line in text.splitlines() if line.startswith("| equal | +")]
+    assert len(side) == 1 and "| yes |" in side[0], side  # same result within one std
     pngs = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", text)
     assert {Path(p).name.rsplit("-", 1)[-1] for p in pngs} >= {"tasks.png", "pareto.png", "time.png"}
     for name in pngs:
@@ -139,6 +153,12 @@ def _quick_raw() -> dict:
          "labels ['stl'] are reserved"),
         (lambda r: r["datasets"][0]["model"].update(trunk_options=3),
          "datasets.0.model.trunk_options: Input should be a valid dictionary"),
+        (lambda r: r["libmtl"].update(methods=["nash_mtl"]),
+         "libmtl.methods: Value error, no LibMTL counterpart for ['nash_mtl']"),
+        (lambda r: r["libmtl"].update(methods=["pcgrad"]),
+         "libmtl.methods ['pcgrad'] are not among the balancers"),
+        (lambda r: r.update(architectures=[{"name": "mmoe"}]),
+         "libmtl needs a hard_sharing architecture"),
     ],
 )
 def test_suite_validation_names_the_key_path(edit, expected: str) -> None:  # type: ignore[no-untyped-def]

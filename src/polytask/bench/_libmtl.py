@@ -24,16 +24,21 @@ import copy
 import importlib
 import importlib.metadata
 import importlib.util
+import json
+import math
 import sys
+import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LIBMTL_METHODS", "LibMTLRunner", "libmtl_version"]
+__all__ = ["LIBMTL_METHODS", "LibMTLFit", "LibMTLRunner", "fit_libmtl", "libmtl_version"]
 
 #: polytask name -> (LibMTL weighting class, its default ``weight_args`` from LibMTL.config).
 LIBMTL_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -93,6 +98,196 @@ def libmtl_version() -> str | None:
         return "unknown"
 
 
+def _weighting_class(method: str) -> tuple[Any, dict[str, Any]]:
+    if method not in LIBMTL_METHODS:
+        raise ValueError(
+            f"LibMTL has no counterpart of {method!r} here; methods: {', '.join(LIBMTL_METHODS)}"
+        )
+    lw, _ = _import_libmtl()
+    name, weight_args = LIBMTL_METHODS[method]
+    return getattr(lw, name), dict(weight_args)
+
+
+def build_libmtl_model(
+    method: str,
+    encoder: nn.Module,
+    heads: nn.ModuleDict,
+    rep_grad: bool,
+    device: torch.device,
+) -> nn.Module:
+    """What LibMTL's ``Trainer._prepare_model`` assembles: ``HPS`` mixed with one weighting class.
+
+    ``encoder`` and ``heads`` are used as given (pass copies); LibMTL's ``init_param()`` runs.
+    """
+    _, la = _import_libmtl()
+    weighting, _ = _weighting_class(method)
+    task_names = list(heads.keys())
+
+    class _Model(la.HPS, weighting):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            super().__init__(
+                task_name=task_names,
+                encoder_class=lambda: encoder,
+                decoders=heads,
+                rep_grad=rep_grad,
+                multi_input=False,
+                device=device,
+            )
+            self.init_param()
+
+        def zero_grad_share_params(self) -> None:  # torch-1.x zero_grad (see module doc)
+            self.encoder.zero_grad(set_to_none=False)
+
+    return _Model().to(device)
+
+
+class _Encoder(nn.Module):
+    """The shared part of a polytask :class:`HardSharing` (trunk, flattening, shared head map)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.trunk = copy.deepcopy(model.trunk)
+        shared = getattr(model, "shared_head", None)
+        self.shared_head = copy.deepcopy(shared) if shared is not None else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        rep = self.trunk(x)
+        rep = rep.reshape(rep.shape[0], -1)
+        return rep if self.shared_head is None else self.shared_head(rep)
+
+
+@dataclass
+class LibMTLFit:
+    """What a LibMTL training returns, in the shape of :class:`polytask.training.FitResult`."""
+
+    val: dict[str, dict[str, float]]
+    test: dict[str, dict[str, float]]
+    delta_m: float | None
+    best_epoch: int
+    epochs_run: int
+    epoch_times: list[float]
+    selection: str
+    num_parameters: int
+
+
+def fit_libmtl(
+    model: nn.Module,
+    splits: Any,
+    method: str,
+    settings: Any,
+    run_dir: Path,
+    *,
+    rep_grad: bool = False,
+    stl_val: Mapping[str, Mapping[str, float]] | None = None,
+    stl_test: Mapping[str, Mapping[str, float]] | None = None,
+) -> LibMTLFit:
+    """Train LibMTL's ``HPS`` + weighting ``method`` as :func:`polytask.training.fit` trains.
+
+    ``model`` is a polytask :class:`HardSharing` built with the cell's seed: LibMTL gets deep
+    copies of its trunk and heads, so both libraries start from the same weights. Identical to
+    the polytask cell: the batches (same generator seeds, same order), the per-task losses
+    (polytask's masked means, as a LibMTL user with missing labels has to write them), the
+    optimizer, early stopping, the validation rule that selects the checkpoint, and the metrics.
+    LibMTL's own: the model assembly, ``init_param()``, the loss-history buffer its Trainer keeps
+    (``train_loss_buffer``, ``epoch``) and ``model.backward(losses, **weight_args)`` per step.
+    Left out of LibMTL's epoch, in its favour: its Trainer's per-batch metric updates and its test
+    pass after every epoch. An epoch's time is, as for polytask, training steps + validation.
+    """
+    from polytask.data.base import iterate_batches
+    from polytask.evaluation.metrics import evaluate
+    from polytask.training.loop import (
+        NonFiniteLossError,
+        TrainingError,
+        _resolve_rule,
+        _safe_delta_m,
+        _selection_score,
+        resolve_device,
+        seed_everything,
+    )
+
+    s = settings
+    if s.scheduler != "none" or s.grad_clip is not None or s.amp:
+        raise TrainingError(
+            "the LibMTL side-by-side trains without scheduler, gradient clipping or AMP "
+            f"(got scheduler={s.scheduler!r}, grad_clip={s.grad_clip}, amp={s.amp})"
+        )
+    if getattr(model, "head_kind", None) is None or not hasattr(model, "trunk"):
+        raise TrainingError("the LibMTL side-by-side needs a hard_sharing model (LibMTL's HPS)")
+    tasks = splits.tasks
+    rule = _resolve_rule(s.selection, stl_val)
+    device = resolve_device(s.device)
+    seed_everything(s.seed)
+    net = build_libmtl_model(method, _Encoder(model), copy.deepcopy(model.heads), rep_grad, device)
+    _, weight_args = _weighting_class(method)
+    params = list(net.parameters())  # LibMTL's Trainer: one optimizer over model.parameters()
+    if s.optimizer == "sgd":
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay
+        )
+    elif s.optimizer == "adam":
+        optimizer = torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    t = len(tasks)
+    net.train_loss_buffer = np.zeros((t, s.epochs))
+    best_score, best_epoch, bad, best_state = -math.inf, -1, 0, None
+    times: list[float] = []
+    step, epoch = 0, -1
+    for epoch in range(s.epochs):
+        net.epoch = epoch
+        net.train()
+        start = time.perf_counter()
+        generator = torch.Generator().manual_seed(s.seed * 7919 + epoch)
+        loss_sum, batches = np.zeros(t), 0
+        for x, y in iterate_batches(splits.train, s.batch_size, shuffle=True, generator=generator):
+            x, y = x.to(device), {k: v.to(device) for k, v in y.items()}
+            preds = net(x)
+            losses = torch.zeros(t, device=device)
+            for tn, task in enumerate(tasks):
+                losses[tn] = task.loss_and_count(preds[task.name], y[task.name])[0]
+            if not bool(torch.isfinite(losses).all()):
+                bad_task = tasks[int((~torch.isfinite(losses)).nonzero()[0])].name
+                raise NonFiniteLossError(
+                    f"LibMTL {method}: task {bad_task!r} has a non-finite loss at step {step} "
+                    f"(epoch {epoch})"
+                )
+            optimizer.zero_grad()
+            net.backward(losses, **weight_args)
+            optimizer.step()
+            loss_sum += losses.detach().cpu().numpy()
+            batches += 1
+            step += 1
+        net.train_loss_buffer[:, epoch] = loss_sum / max(batches, 1)
+        val, _ = evaluate(net, tasks, splits.val, s.eval_batch_size, device)
+        times.append(time.perf_counter() - start)
+        score = _selection_score(rule, val, tasks, stl_val)
+        if score > best_score:
+            best_score, best_epoch, bad = score, epoch, 0
+            best_state = copy.deepcopy(net.state_dict())
+        else:
+            bad += 1
+        if s.patience is not None and bad >= s.patience:
+            break
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    val, _ = evaluate(net, tasks, splits.val, s.eval_batch_size, device)
+    test, _ = evaluate(net, tasks, splits.test, s.eval_batch_size, device)
+    dm = _safe_delta_m(test, stl_test, tasks) if stl_test is not None else None
+    dm = None if dm is not None and math.isnan(dm) else dm
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "results.json").write_text(json.dumps(
+        {"library": "LibMTL", "version": libmtl_version(), "method": LIBMTL_METHODS[method][0],
+         "weight_args": weight_args, "rep_grad": rep_grad, "best_epoch": best_epoch,
+         "epoch_times_s": times, "val": val, "test": test, "delta_m": dm},
+        indent=2, default=float,
+    ))
+    return LibMTLFit(
+        val=val, test=test, delta_m=dm, best_epoch=best_epoch, epochs_run=epoch + 1,
+        epoch_times=times, selection=f"val {rule}",
+        num_parameters=sum(p.numel() for p in net.parameters()),
+    )
+
+
 class LibMTLRunner:
     """One LibMTL (architecture HPS + weighting) model, optimizer and batch; ``step()`` trains."""
 
@@ -107,30 +302,11 @@ class LibMTLRunner:
         loss_fn: Callable[[Tensor, Tensor], Tensor],
         lr: float,
     ) -> None:
-        lw, la = _import_libmtl()
-        HPS = la.HPS
-        name, self.weight_args = LIBMTL_METHODS[method]
-        weighting = getattr(lw, name)
+        _, self.weight_args = _weighting_class(method)
         self.task_names = list(heads.keys())
-        trunk_copy = copy.deepcopy(trunk)
-        device = torch.device("cpu")
-
-        class _Model(HPS, weighting):  # what LibMTL's Trainer._prepare_model assembles
-            def __init__(self) -> None:
-                super().__init__(
-                    task_name=list(heads.keys()),
-                    encoder_class=lambda: trunk_copy,
-                    decoders=copy.deepcopy(heads),
-                    rep_grad=rep_grad,
-                    multi_input=False,
-                    device=device,
-                )
-                self.init_param()
-
-            def zero_grad_share_params(self) -> None:  # torch-1.x zero_grad (see module doc)
-                self.encoder.zero_grad(set_to_none=False)
-
-        self.model = _Model()
+        self.model = build_libmtl_model(
+            method, copy.deepcopy(trunk), copy.deepcopy(heads), rep_grad, torch.device("cpu")
+        )
         t = len(self.task_names)
         # Past the methods' first epochs (GradNorm needs epoch >= 1, DWA epoch > 1), with a loss
         # history for them to read, as the Trainer keeps it.

@@ -165,6 +165,34 @@ class TunedEqual(_Strict):
         return values
 
 
+class LibMTLSide(_Strict):
+    """Methods to train a second time through LibMTL 1.1.5, side by side with polytask's.
+
+    Each listed method must also be one of the suite's balancers (same name, the pair of rows the
+    report compares); the LibMTL cells run for ``hard_sharing`` pairs only (LibMTL's ``HPS``), with
+    LibMTL's default ``weight_args`` for the method. ``rep_grad`` is LibMTL's switch between
+    gradients of the shared parameters (false, its default) and of the representation.
+    """
+
+    methods: list[str] = Field(min_length=1)
+    rep_grad: bool = False
+
+    @field_validator("methods")
+    @classmethod
+    def _known(cls, methods: list[str]) -> list[str]:
+        from polytask.bench._libmtl import LIBMTL_METHODS
+
+        unknown = [m for m in methods if m not in LIBMTL_METHODS]
+        if unknown:
+            raise ValueError(
+                f"no LibMTL counterpart for {unknown}; methods both libraries have: "
+                f"{', '.join(LIBMTL_METHODS)}"
+            )
+        if len(set(methods)) != len(methods):
+            raise ValueError(f"methods must be unique, got {methods}")
+        return methods
+
+
 class SuiteConfig(_Strict):
     """A benchmark suite: see the module docstring and ``benchmarks/*.yaml``."""
 
@@ -179,6 +207,7 @@ class SuiteConfig(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     stl: bool = True
     tuned_equal: TunedEqual = Field(default_factory=TunedEqual)
+    libmtl: LibMTLSide | None = None
 
     @model_validator(mode="after")
     def _unique(self) -> SuiteConfig:
@@ -200,6 +229,19 @@ class SuiteConfig(_Strict):
             raise ValueError(f"balancers: labels {reserved} are reserved for the added baselines")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be unique, got {self.seeds}")
+        if self.libmtl is not None:
+            names = {b.display: b for b in self.balancers}
+            lonely = [m for m in self.libmtl.methods if m not in names]
+            if lonely:
+                raise ValueError(
+                    f"libmtl.methods {lonely} are not among the balancers {sorted(names)}: the "
+                    "side-by-side compares each LibMTL cell with polytask's cell of that name"
+                )
+            renamed = [m for m in self.libmtl.methods if names[m].name != m]
+            if renamed:
+                raise ValueError(f"libmtl.methods {renamed} name balancers labelled as another method")
+            if not any(a.name == "hard_sharing" for a in self.architectures):
+                raise ValueError("libmtl needs a hard_sharing architecture (LibMTL's HPS)")
         return self
 
     def experiment(self, ds: DatasetEntry, arch: ArchitectureEntry) -> ExperimentConfig:
@@ -706,6 +748,66 @@ class _Pair:
                    "stl": stl.get("config_hash") if stl else None, "extra": extra}
         return self._cell(method, kind, seed, payload, body, prepare=lambda: self.splits(seed))
 
+    def libmtl(self, balancer: BalancerConfig, seed: int, side: LibMTLSide) -> dict[str, Any] | None:
+        """The same training as ``mtl(balancer)``, driven through LibMTL's classes."""
+        from polytask.bench._libmtl import LIBMTL_METHODS, libmtl_version
+
+        method = balancer.name
+        config = self.cell_config(balancer, seed)
+        stl = self.stl(seed)
+        if self.ctx.suite.stl and stl is None:
+            self.ctx.log(f"libmtl-{method} seed {seed}: skipped, its single-task baselines failed")
+            return None
+        stl_val = stl["val"] if stl else None
+        stl_test = stl["test"] if stl else None
+        version = libmtl_version()
+
+        def body(run_dir: Path, memory: PeakMemory) -> dict[str, Any]:
+            from polytask.bench._libmtl import fit_libmtl
+            from polytask.experiment import build_model
+
+            if version is None:
+                raise ImportError(
+                    "LibMTL is not importable; install it with pip install --no-deps libmtl==1.1.5"
+                )
+            splits = self.splits(seed)
+            tasks = splits.tasks
+            torch.manual_seed(seed)
+            model = build_model(config, tasks, splits.train.inputs[:2])
+            settings = config.training.settings(
+                seed, balancer=method, architecture=config.model.architecture
+            )
+            (run_dir / "config.yaml").write_text(config.to_yaml())
+            fitted = fit_libmtl(
+                model, splits, method, settings, run_dir, rep_grad=side.rep_grad,
+                stl_val=stl_val, stl_test=stl_test,
+            )
+            return {
+                "balancer": method,
+                "library": "LibMTL",
+                "libmtl": {"version": version, "weighting": LIBMTL_METHODS[method][0],
+                           "weight_args": LIBMTL_METHODS[method][1], "rep_grad": side.rep_grad},
+                "tasks": _tasks_json(tasks),
+                "val": fitted.val,
+                "test": fitted.test,
+                "delta_m": fitted.delta_m,
+                "val_delta_m": _safe_delta(fitted.val, stl_val, tasks),
+                "time_per_epoch_s": statistics.fmean(fitted.epoch_times),
+                "time_note": "mean wall time of an epoch: training steps + validation pass",
+                "epochs": fitted.epochs_run,
+                "best_epoch": fitted.best_epoch,
+                "num_parameters": fitted.num_parameters,
+                "selection": _describe_rule(fitted.selection),
+                "config": config.model_dump(mode="json"),
+            }
+
+        payload = {"kind": "libmtl", "config": config.model_dump(mode="json"),
+                   "stl": stl.get("config_hash") if stl else None, "rep_grad": side.rep_grad,
+                   "libmtl": version}
+        return self._cell(
+            f"libmtl-{method}", "libmtl", seed, payload, body, prepare=lambda: self.splits(seed)
+        )
+
     def alias(self, source: dict[str, Any], method: str, kind: str, extra: dict[str, Any]) -> None:
         """Record ``source`` (a finished cell) again as ``method``: the same training, not rerun.
 
@@ -827,6 +929,12 @@ def run_suite(
                 for bc in suite.balancers:
                     if _selected(only, "balancer", bc.display):
                         pair.mtl(bc.display, "mtl", bc, seed)
+                    # right after polytask's cell, so both see the same machine load
+                    if _libmtl_cell(suite, arch, bc.display) and _selected(
+                        only, "balancer", f"libmtl-{bc.display}"
+                    ):
+                        assert suite.libmtl is not None
+                        pair.libmtl(bc, seed, suite.libmtl)
                 if tuned is not None and seed in tuned["cells"]:
                     info = {k: v for k, v in tuned.items() if k != "cells"}
                     pair.alias(tuned["cells"][seed], "equal_tuned", "tuned", {"tuning": info})
@@ -840,11 +948,19 @@ def run_suite(
     return summary
 
 
+def _libmtl_cell(suite: SuiteConfig, arch: ArchitectureEntry, method: str) -> bool:
+    return (
+        suite.libmtl is not None and arch.name == "hard_sharing" and method in suite.libmtl.methods
+    )
+
+
 def expected_cells(suite: SuiteConfig) -> list[str]:
     """Every cell stem a complete run of ``suite`` writes (the grid cells included)."""
     stems = []
     for ds, arch in itertools.product(suite.datasets, suite.architectures):
         methods = (["stl"] if suite.stl else []) + [b.display for b in suite.balancers]
+        methods += [f"libmtl-{b.display}" for b in suite.balancers
+                    if _libmtl_cell(suite, arch, b.display)]
         if suite.tuned_equal.enabled:
             methods.append("equal_tuned")
         for seed in suite.seeds:

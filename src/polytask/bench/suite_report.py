@@ -77,7 +77,7 @@ class Group:
 
 
 def _order(method: str, kind: str, suite_order: Sequence[str]) -> tuple[int, int, str]:
-    rank = {"stl": 0, "mtl": 1, "tuned": 2, "grid": 3}.get(kind, 4)
+    rank = {"stl": 0, "mtl": 1, "libmtl": 2, "tuned": 3, "grid": 4}.get(kind, 5)
     pos = suite_order.index(method) if method in suite_order else len(suite_order)
     return (rank, pos, method)
 
@@ -222,6 +222,8 @@ def _label(row: MethodRow) -> str:
         return "STL (one model per task)"
     if row.kind == "tuned":
         return "equal (tuned lr/wd)"
+    if row.kind == "libmtl":
+        return f"LibMTL {row.method.removeprefix('libmtl-')}"
     return row.method
 
 
@@ -236,6 +238,40 @@ def _task_table(group: Group) -> list[str]:
             _cell_text(get(r), digits, i in marks)
             for (get, _, digits), marks in zip(getters, best, strict=True)
         ])
+    return _table(header, lines)
+
+
+def _libmtl_table(group: Group) -> list[str]:
+    """polytask's and LibMTL's cell of each shared method: quality, time per epoch, the verdicts.
+
+    "same result" is |difference of means| <= the larger of the two standard deviations (the
+    issue's "within one standard deviation"); the compared quantity is Δm% when single-task
+    baselines exist, else the mean primary metric over tasks.
+    """
+    ours = {r.method: r for r in group.rows if r.kind == "mtl"}
+    pairs = [(ours[r.method.removeprefix("libmtl-")], r) for r in group.rows
+             if r.kind == "libmtl" and r.method.removeprefix("libmtl-") in ours]
+    if not pairs:
+        return []
+    use_dm = any(p.delta_m[2] for p, _ in pairs)
+    quantity = "test Δm% ↓" if use_dm else "test mean primary"
+    lines = []
+    for p, lib in pairs:
+        get = (lambda r: r.delta_m) if use_dm else (lambda r: r.mean_primary)
+        (pm, ps, pn), (lm, ls, ln) = get(p), get(lib)
+        same = "—"
+        if pn and ln and math.isfinite(pm) and math.isfinite(lm):
+            spread = max(v for v in (ps, ls, 0.0) if math.isfinite(v))
+            same = "yes" if abs(pm - lm) <= spread else f"no (Δ {abs(pm - lm):.2f})"
+        (pt, _, ptn), (lt, _, ltn) = p.time_per_epoch, lib.time_per_epoch
+        ratio, faster = "—", "—"
+        if ptn and ltn and lt > 0:
+            ratio = f"{pt / lt:.2f}"
+            faster = "yes" if pt <= lt else "no"
+        lines.append([p.method, _fmt(get(p), 2, use_dm), _fmt(get(lib), 2, use_dm), same,
+                      _fmt(p.time_per_epoch, 3), _fmt(lib.time_per_epoch, 3), ratio, faster])
+    header = ["method", f"polytask {quantity}", f"LibMTL {quantity}", "same result (1 std)",
+              "polytask s / epoch", "LibMTL s / epoch", "time ratio", "polytask ≤ LibMTL"]
     return _table(header, lines)
 
 
@@ -292,6 +328,20 @@ def _group_section(group: Group, md_dir: Path, stem: str, report_command: str) -
     lines.append(f"- peak memory: {'; '.join(sorted(n for n in notes if n))}")
     lines.append("- s / epoch: training steps + validation pass; STL: sum over its per-task models")
     lines.append(f"- environment: {_environment(group.cells)}")
+    side = _libmtl_table(group)
+    if side:
+        versions = sorted({str(c.get("libmtl", {}).get("version")) for c in group.cells
+                           if c.get("kind") == "libmtl"})
+        rep = sorted({bool(c.get("libmtl", {}).get("rep_grad")) for c in group.cells
+                      if c.get("kind") == "libmtl"})
+        lines += [
+            "", f"Side by side with LibMTL {', '.join(versions)} (its HPS + weighting classes "
+            f"and per-step `backward`, rep_grad={', '.join(map(str, rep))}; identical trunk, "
+            "heads, initial weights, batches, optimizer, seeds, early stopping and validation "
+            "rule; its Trainer's per-batch metrics and per-epoch test pass are left out of its "
+            "time, in its favour):", "",
+        ]
+        lines += side
     if group.grid:
         lines += ["", "Tuning grid of the equal-weights baseline (validation only):", ""]
         lines += _grid_table(group)
