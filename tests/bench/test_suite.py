@@ -194,3 +194,59 @@ def test_every_shipped_suite_validates() -> None:
         assert first.startswith("# polytask bench run benchmarks/"), (path, first)
         suite = load_suite(path)
         assert expected_cells(suite)
+
+
+
+def test_several_datasets_cell_matches_polytask_train(
+    tmp_path: Path, data_dir: Path, single_thread: None
+) -> None:
+    """A suite cell of several data sets trains as `polytask train` does: through the sampler.
+
+    (Suites used to stack the sources and batch them as one data set, silently ignoring
+    ``training.sampling``.) Also: whole-model ``summary_metrics`` are recorded and reported.
+    """
+    from polytask.config import ExperimentConfig
+    from polytask.experiment import run_experiment
+
+    raw = {
+        "name": "tiny",
+        "base": {"training": {"epochs": 2, "batch_size": 32, "lr": 0.003, "device": "cpu"}},
+        "datasets": [
+            {"label": "mm2",
+             "data": {"dataset": "multimnist_two_sources", "options": {"source": "idx", "n": 240}},
+             "model": {"trunk": "small_cnn",
+                       "trunk_options": {"channels": [4, 8], "out_features": 16}},
+             "training": {"sampling": {"strategy": "round_robin"}}},
+            {"label": "school", "data": {"dataset": "school"},
+             "model": {"trunk": "mlp", "trunk_options": {"hidden": [8]}},
+             "training": {"epochs": 1, "batch_size": 256},
+             "summary_metrics": ["pooled_explained_variance"]},
+        ],
+        "balancers": [{"name": "equal"}],
+        "seeds": [0],
+        "stl": False,
+        "tuned_equal": {"enabled": False},
+    }
+    suite_file = tmp_path / "tiny.yaml"
+    suite_file.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "results"
+    result = CliRunner().invoke(app, ["bench", "run", str(suite_file), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+
+    cell = json.loads((out / CELLS_DIR / "mm2__hard_sharing__equal__seed0.json").read_text())
+    config = ExperimentConfig.model_validate({**cell["config"], "output_dir": str(tmp_path / "runs")})
+    assert config.training.sampling is not None and config.training.sampling.strategy == "round_robin"
+    (run,) = run_experiment(config, tmp_path / "train", log=lambda _: None).runs
+    for task in ("left", "right"):
+        assert cell["test"][task]["loss"] == pytest.approx(run.test[task]["loss"], rel=1e-6), task
+
+    school = json.loads((out / CELLS_DIR / "school__hard_sharing__equal__seed0.json").read_text())
+    ev = school["summary"]["test"]["pooled_explained_variance"]
+    config = ExperimentConfig.model_validate({**school["config"], "output_dir": str(tmp_path / "r")})
+    (run,) = run_experiment(config, tmp_path / "train_school", log=lambda _: None).runs
+    assert ev == pytest.approx(run.summary["test"]["pooled_explained_variance"], rel=1e-6)
+    assert school["summary"]["val"]["pooled_explained_variance"] < 100
+
+    md = tmp_path / "tiny.md"
+    assert CliRunner().invoke(app, ["bench", "report", str(out), "--out", str(md)]).exit_code == 0
+    assert "test pooled_explained_variance ↑" in md.read_text()

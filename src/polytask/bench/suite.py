@@ -48,6 +48,7 @@ from polytask.config import (
     DataConfig,
     ExperimentConfig,
     ModelConfig,
+    SummaryMetric,
     format_validation_error,
 )
 from polytask.config import TrainingConfig as _TrainingConfig
@@ -94,6 +95,7 @@ class DatasetEntry(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: _TrainingConfig = Field(default_factory=_TrainingConfig)
     pareto: tuple[str, str] | None = None
+    summary_metrics: list[SummaryMetric] = Field(default_factory=list)
 
     @field_validator("data")
     @classmethod
@@ -265,6 +267,7 @@ class SuiteConfig(_Strict):
                 "training": training,
                 "balancers": [b.model_dump(mode="json") for b in self.balancers],
                 "baselines": {"stl": self.stl},
+                "summary_metrics": list(ds.summary_metrics),
                 "seeds": self.seeds,
             }
         )
@@ -511,18 +514,25 @@ class _Pair:
     def __init__(self, ctx: _Context, ds: DatasetEntry, arch: ArchitectureEntry) -> None:
         self.ctx, self.ds, self.arch = ctx, ds, arch
         self.config = ctx.suite.experiment(ds, arch)
-        self._splits: dict[int, Any] = {}
+        self._splits: dict[int, tuple[Any, Any]] = {}
         self._stl: dict[int, dict[str, Any] | None] = {}
 
-    def splits(self, seed: int) -> Any:
-        from polytask.experiment import load_data
+    def _load(self, seed: int) -> tuple[Any, Any]:
+        from polytask.experiment import load_sources
 
         if seed not in self._splits:
             self._splits.clear()  # one seed's data at a time: full-size sets are large
-            splits = load_data(self.config, seed)
+            splits, sources = load_sources(self.config, seed)
             splits.validate()
-            self._splits[seed] = splits
+            self._splits[seed] = (splits, sources)
         return self._splits[seed]
+
+    def splits(self, seed: int) -> Any:
+        return self._load(seed)[0]
+
+    def sources(self, seed: int) -> Any:
+        """The training sources of several data sets (``None`` for one): the loop samples them."""
+        return self._load(seed)[1]
 
     def cell_config(self, balancer: BalancerConfig, seed: int, **training: Any) -> ExperimentConfig:
         cfg = self.config.model_copy(deep=True)
@@ -647,7 +657,10 @@ class _Pair:
             from_cache: list[bool] = []
             for task in tasks:
                 said: list[str] = []
-                rec = _train_stl(config, splits, copy.copy(task), seed, run_dir, said.append)
+                rec = _train_stl(
+                    config, splits, copy.copy(task), seed, run_dir, said.append,
+                    self.sources(seed),
+                )
                 from_cache.append(any("found in cache" in m for m in said))
                 val[task.name], test[task.name] = rec.val[task.name], rec.test[task.name]
                 results = json.loads((rec.run_dir / "results.json").read_text())
@@ -705,7 +718,7 @@ class _Pair:
 
         def body(run_dir: Path, memory: PeakMemory) -> dict[str, Any]:
             from polytask.balancing import create_balancer
-            from polytask.experiment import build_model
+            from polytask.experiment import _summary_metrics, build_model, train_source
             from polytask.training import fit
 
             splits = self.splits(seed)
@@ -722,8 +735,10 @@ class _Pair:
             (run_dir / "config.yaml").write_text(config.to_yaml())
             fitted = fit(
                 model, splits, bal, settings, run_dir, stl_val=stl_val, stl_test=stl_test,
-                resume=True,
+                resume=True, train_source=train_source(config, self.sources(seed)),
             )
+            # fit leaves the selected checkpoint loaded: whole-model metrics of that model
+            summary = _summary_metrics(config, model, splits) if config.summary_metrics else None
             times = epoch_times(run_dir)
             rule = fitted.selection
             return {
@@ -741,6 +756,7 @@ class _Pair:
                 "selection": _describe_rule(rule),
                 "warnings": fitted.warnings,
                 "config": config.model_dump(mode="json"),
+                **({"summary": summary} if summary is not None else {}),
                 **(extra or {}),
             }
 
@@ -769,6 +785,11 @@ class _Pair:
             if version is None:
                 raise ImportError(
                     "LibMTL is not importable; install it with pip install --no-deps libmtl==1.1.5"
+                )
+            if self.sources(seed) is not None:
+                raise ValueError(
+                    "the LibMTL side-by-side trains one data set; this one is several "
+                    "(LibMTL's multi_input mode is not driven here)"
                 )
             splits = self.splits(seed)
             tasks = splits.tasks
@@ -814,7 +835,8 @@ class _Pair:
         The tuned baseline's run on a grid seed *is* the chosen grid point's run; training it
         twice would cost time and, with nondeterministic kernels, give two different numbers.
         """
-        keep = ("balancer", "tasks", "val", "test", "delta_m", "val_delta_m", "time_per_epoch_s",
+        keep = ("balancer", "tasks", "val", "test", "summary", "delta_m", "val_delta_m",
+                "time_per_epoch_s",
                 "time_note", "epochs", "best_epoch", "num_parameters", "selection", "warnings",
                 "config", "peak_memory_mb", "memory_measure", "run_dir")
 

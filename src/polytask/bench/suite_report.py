@@ -57,6 +57,7 @@ class MethodRow:
     val_delta_m: tuple[float, float, int] = (math.nan, math.nan, 0)
     time_per_epoch: tuple[float, float, int] = (math.nan, math.nan, 0)
     peak_memory: tuple[float, float, int] = (math.nan, math.nan, 0)
+    summary: dict[str, tuple[float, float, int]] = field(default_factory=dict)
     parameters: int | None = None
     selection: str = ""
     notes: list[str] = field(default_factory=list)
@@ -107,6 +108,10 @@ def aggregate(cells: Sequence[Mapping[str, Any]], suite_order: Sequence[str] = (
             row.delta_m = _mean_std([c.get("delta_m") for c in runs])
             row.val_delta_m = _mean_std([c.get("val_delta_m") for c in runs])
             row.time_per_epoch = _mean_std([c.get("time_per_epoch_s") for c in runs])
+            for name in sorted({n for c in runs for n in c.get("summary", {}).get("test", {})}):
+                row.summary[name] = _mean_std(
+                    [c.get("summary", {}).get("test", {}).get(name) for c in runs]
+                )
             row.peak_memory = _mean_std([c.get("peak_memory_mb") for c in runs])
             row.parameters = runs[0].get("num_parameters")
             row.selection = str(runs[0].get("selection", ""))
@@ -194,6 +199,10 @@ def _main_table(group: Group) -> list[str]:
         header.append(f"mean {name} over {len(tasks)} tasks {arrow}".rstrip())
         # with mixed directions a mean has no "better" side: nothing is marked
         columns.append((lambda r: r.mean_primary, None if not arrow else arrow == "↑", 4, False))
+    # whole-model metrics (e.g. School's pooled explained variance, in %): higher is better
+    for name in sorted({n for r in rows for n in r.summary}):
+        header.append(f"test {name} ↑")
+        columns.append((lambda r, n=name: r.summary.get(n, (math.nan, math.nan, 0)), True, 2, False))
     header += ["Δm% ↓", "val Δm% ↓", "s / epoch ↓", "peak MiB ↓", "parameters"]
     columns += [
         (lambda r: r.delta_m, False, 2, True),
