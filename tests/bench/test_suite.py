@@ -250,3 +250,15 @@ def test_several_datasets_cell_matches_polytask_train(
     md = tmp_path / "tiny.md"
     assert CliRunner().invoke(app, ["bench", "report", str(out), "--out", str(md)]).exit_code == 0
     assert "test pooled_explained_variance ↑" in md.read_text()
+
+
+def test_expected_cells_follow_only() -> None:
+    suite = load_suite(QUICK)
+    full = expected_cells(suite)
+    part = expected_cells(suite, parse_only(["balancer=libmtl-equal", "seed=1"]))
+    # the LibMTL cell brings its seed's single-task baselines, not the other methods or the grid
+    assert part == ["multimnist__hard_sharing__stl__seed1",
+                    "multimnist__hard_sharing__libmtl-equal__seed1"]
+    assert set(part) < set(full) and "multimnist__hard_sharing__libmtl-equal__seed0" in full
+    tuned = expected_cells(suite, parse_only(["balancer=equal_tuned", "seed=0"]))
+    assert sum("equal_grid" in c for c in tuned) == 2 and "multimnist__hard_sharing__upgrad__seed0" not in tuned

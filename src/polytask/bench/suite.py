@@ -926,9 +926,21 @@ def run_suite(
         sha = hashlib.sha256(Path(suite_file).read_bytes()).hexdigest()
     summary = SuiteRunSummary(out_dir=out)
     ctx = _Context(suite, out, command, str(suite_file) if suite_file else None, sha, log, summary)
+    # cells chosen by --only, accumulated over the runs into this directory, so that a report of
+    # a deliberately partial run says what was selected instead of listing the rest as missing
+    selected = set(expected_cells(suite, only))
+    previous = out / "suite.json"
+    if previous.exists():
+        try:
+            before = json.loads(previous.read_text())
+        except (OSError, json.JSONDecodeError):
+            before = {}
+        if before.get("suite") == suite.model_dump(mode="json"):
+            selected |= set(before.get("selected_cells", []))
     _atomic_write_json(out / "suite.json", {
         "suite": suite.model_dump(mode="json"), "suite_file": ctx.suite_file,
         "suite_sha256": sha, "expected_cells": expected_cells(suite),
+        "selected_cells": sorted(selected),
     })
     seeds = [s for s in suite.seeds if _selected(only, "seed", str(s))]
     for ds in suite.datasets:
@@ -976,18 +988,30 @@ def _libmtl_cell(suite: SuiteConfig, arch: ArchitectureEntry, method: str) -> bo
     )
 
 
-def expected_cells(suite: SuiteConfig) -> list[str]:
-    """Every cell stem a complete run of ``suite`` writes (the grid cells included)."""
+def expected_cells(suite: SuiteConfig, only: Mapping[str, set[str]] | None = None) -> list[str]:
+    """Every cell stem a run of ``suite`` writes (grid cells included), or of its ``only`` part.
+
+    With ``only``, a selected multi-task cell brings its seed's single-task baselines (Δm needs
+    them) and a selected ``equal_tuned`` brings the tuning grid, as :func:`run_suite` runs them.
+    """
+    only = dict(only or {})
     stems = []
     for ds, arch in itertools.product(suite.datasets, suite.architectures):
-        methods = (["stl"] if suite.stl else []) + [b.display for b in suite.balancers]
+        if not (_selected(only, "dataset", ds.display)
+                and _selected(only, "architecture", arch.display)):
+            continue
+        methods = [b.display for b in suite.balancers]
         methods += [f"libmtl-{b.display}" for b in suite.balancers
                     if _libmtl_cell(suite, arch, b.display)]
         if suite.tuned_equal.enabled:
             methods.append("equal_tuned")
-        for seed in suite.seeds:
+        methods = [m for m in methods if _selected(only, "balancer", m)]
+        if suite.stl and (methods or _selected(only, "balancer", "stl")):
+            methods.insert(0, "stl")
+        seeds = [seed for seed in suite.seeds if _selected(only, "seed", str(seed))]
+        for seed in seeds:
             stems += [cell_stem(ds.display, arch.display, m, seed) for m in methods]
-        if suite.tuned_equal.enabled:
+        if suite.tuned_equal.enabled and "equal_tuned" in methods and seeds:
             pair_cfg = suite.experiment(ds, arch)
             lr = pair_cfg.training.lr
             lrs = suite.tuned_equal.lr or [lr / 3, lr, lr * 3]

@@ -384,6 +384,10 @@ def write_results(
     suite = suite_info.get("suite", {})
     order = [b.get("label") or b["name"] for b in suite.get("balancers", [])]
     expected = suite_info.get("expected_cells", [])
+    selected = suite_info.get("selected_cells") or expected
+    partial = bool(expected) and set(selected) != set(expected)
+    full_count = len(expected)
+    expected = [s for s in expected if s in set(selected)] if partial else expected
     done = {c["cell"] for c in cells}
     failed = sorted(p.name.removesuffix(".failed.json")
                     for p in (results_dir / CELLS_DIR).glob("*.failed.json"))
@@ -397,6 +401,8 @@ def write_results(
         f"{len(expected) or len(done)} cells finished"
         + (f", {len(failed)} failed" if failed else "")
         + (f", {len(missing)} not run" if missing else "")
+        + (f" (the runs selected {len(expected)} of the suite's {full_count} cells with --only)"
+           if partial else "")
         + ". Every figure below comes from these cells; nothing is copied from elsewhere."
     )
     if failed:
