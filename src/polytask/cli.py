@@ -298,14 +298,19 @@ def bench_run(
 @bench_app.command("report")
 def bench_report(
     results_dir: Annotated[Path, typer.Argument(help="A directory written by `polytask bench run`.")],
-    out: Annotated[Path, typer.Option(help="Markdown file; its PNGs are written beside it.")] = Path(
-        "docs/results.md"
-    ),
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Markdown file; its PNGs are written beside it "
+            "(default: docs/results/<results_dir name>.md)."
+        ),
+    ] = None,
 ) -> None:
     """Markdown tables (mean ± std over seeds, best marked) and PNG plots of a benchmark run."""
     from polytask.bench.suite import command_line
     from polytask.bench.suite_report import write_results
 
+    out = out or Path("docs") / "results" / f"{results_dir.resolve().name}.md"
     try:
         command = command_line(["bench", "report", str(results_dir), "--out", str(out)])
         path = write_results(results_dir, out, report_command=command)
