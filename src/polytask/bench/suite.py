@@ -680,7 +680,7 @@ class _Pair:
                 "epochs": max(epochs) if epochs else 0,
                 "num_parameters": params,
                 "parameters_note": "sum over the tasks' single-task models",
-                "selection": "per task: the checkpoint with the best validation primary metric",
+                "selection": stl_selection(config.model_dump(mode="json")),
                 "stl_from_cache": sum(from_cache),
                 "config": config.model_dump(mode="json"),
             }
@@ -753,7 +753,7 @@ class _Pair:
                 "epochs": fitted.epochs_run,
                 "best_epoch": fitted.best_epoch,
                 "num_parameters": sum(p.numel() for p in model.parameters()),
-                "selection": _describe_rule(rule),
+                "selection": describe_rule(rule),
                 "warnings": fitted.warnings,
                 "config": config.model_dump(mode="json"),
                 **({"summary": summary} if summary is not None else {}),
@@ -818,7 +818,7 @@ class _Pair:
                 "epochs": fitted.epochs_run,
                 "best_epoch": fitted.best_epoch,
                 "num_parameters": fitted.num_parameters,
-                "selection": _describe_rule(fitted.selection),
+                "selection": describe_rule(fitted.selection),
                 "config": config.model_dump(mode="json"),
             }
 
@@ -849,11 +849,23 @@ class _Pair:
         self._cell(method, kind, int(source["seed"]), payload, body)
 
 
-def _describe_rule(rule: str) -> str:
+def stl_selection(config: Mapping[str, Any]) -> str:
+    """How each single-task baseline chose its checkpoint (its own validation, its own rule)."""
+    rule = str(config.get("training", {}).get("selection", "auto"))
+    if rule in ("auto", "mean_primary", "delta_m"):  # one task, no baseline: its primary metric
+        return "per task: the checkpoint with the best validation primary metric"
+    if rule == "val_loss":
+        return "per task: the checkpoint with the lowest validation loss"
+    return f"per task: val {rule}"
+
+
+def describe_rule(rule: str) -> str:
     if rule == "val delta_m":
         return "val delta_m: the epoch with the lowest validation Δm% vs the single-task baselines"
     if rule == "val mean_primary":
         return "val mean_primary: the epoch with the best mean validation primary metric"
+    if rule == "val val_loss":
+        return "val val_loss: the epoch with the lowest validation loss summed over tasks"
     return rule
 
 

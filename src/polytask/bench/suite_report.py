@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from polytask.bench.suite import CELLS_DIR, iter_cells
+from polytask.bench.suite import CELLS_DIR, describe_rule, iter_cells, stl_selection
 from polytask.report.plots import _colors, _margins, _new_figure, _to_png
 
 __all__ = ["MethodRow", "aggregate", "write_results"]
@@ -114,7 +114,9 @@ def aggregate(cells: Sequence[Mapping[str, Any]], suite_order: Sequence[str] = (
                 )
             row.peak_memory = _mean_std([c.get("peak_memory_mb") for c in runs])
             row.parameters = runs[0].get("num_parameters")
-            row.selection = str(runs[0].get("selection", ""))
+            row.selection = describe_rule(str(runs[0].get("selection", "")))
+            if kind == "stl" and runs[0].get("config"):  # derived, so older cells read right too
+                row.selection = stl_selection(runs[0]["config"])
             if kind == "tuned" and runs[0].get("tuning"):
                 tuning = runs[0]["tuning"]
                 row.notes.append(
