@@ -329,11 +329,20 @@ def _train_stl(
         settings = config.training.settings(
             seed, balancer="equal", architecture=config.baseline_model.architecture
         )
-        tmp = cached.with_name(key + ".partial")
+        # One partial directory per process: two processes (two suites, or DDP ranks) may train
+        # the same baseline at once; the first to finish publishes it, the other keeps that one.
+        tmp = cached.with_name(f"{key}.partial-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         fit(model, sub, balancer, settings, tmp, train_source=source)
         (tmp / "stl_key.json").write_text(json.dumps(payload, indent=2, default=str))
-        tmp.rename(cached)
+        try:
+            tmp.rename(cached)
+        except OSError:
+            if not (cached / "results.json").exists():
+                raise
+            log(f"single-task baseline for {task.name!r} (seed {seed}) was published meanwhile "
+                f"by another process; using that one")
+            shutil.rmtree(tmp, ignore_errors=True)
     else:
         log(f"single-task baseline for {task.name!r} (seed {seed}) found in cache {cached}")
     if target.exists():

@@ -271,7 +271,9 @@ def _libmtl_table(group: Group) -> list[str]:
         get = (lambda r: r.delta_m) if use_dm else (lambda r: r.mean_primary)
         (pm, ps, pn), (lm, ls, ln) = get(p), get(lib)
         same = "—"
-        if pn and ln and math.isfinite(pm) and math.isfinite(lm):
+        if min(pn, ln) == 1:
+            same = "n/a (one seed: no std)"
+        elif pn and ln and math.isfinite(pm) and math.isfinite(lm):
             spread = max(v for v in (ps, ls, 0.0) if math.isfinite(v))
             same = "yes" if abs(pm - lm) <= spread else f"no (Δ {abs(pm - lm):.2f})"
         (pt, _, ptn), (lt, _, ltn) = p.time_per_epoch, lib.time_per_epoch
