@@ -297,23 +297,39 @@ def bench_run(
 
 @bench_app.command("report")
 def bench_report(
-    results_dir: Annotated[Path, typer.Argument(help="A directory written by `polytask bench run`.")],
+    results_dirs: Annotated[
+        list[Path],
+        typer.Argument(help="One or more directories written by `polytask bench run`."),
+    ],
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Markdown file; its PNGs are written beside it "
-            "(default: docs/results/<results_dir name>.md)."
+            help="Markdown file; its PNGs are written beside it (default: "
+            "docs/results/<results_dir name>.md for one directory, docs/results.md for several)."
         ),
     ] = None,
+    preface: Annotated[
+        Path | None,
+        typer.Option(help="Markdown placed at the top of the page (findings, targets)."),
+    ] = None,
 ) -> None:
-    """Markdown tables (mean ± std over seeds, best marked) and PNG plots of a benchmark run."""
+    """Markdown tables (mean ± std over seeds, best marked) and PNG plots of benchmark runs."""
     from polytask.bench.suite import command_line
     from polytask.bench.suite_report import write_results
 
-    out = out or Path("docs") / "results" / f"{results_dir.resolve().name}.md"
+    if out is None:
+        single = len(results_dirs) == 1
+        out = Path("docs") / "results" / f"{results_dirs[0].resolve().name}.md" if single else (
+            Path("docs") / "results.md"
+        )
+    args = ["bench", "report", *map(str, results_dirs), "--out", str(out)]
+    if preface is not None:
+        args += ["--preface", str(preface)]
     try:
-        command = command_line(["bench", "report", str(results_dir), "--out", str(out)])
-        path = write_results(results_dir, out, report_command=command)
+        text = preface.read_text(encoding="utf-8") if preface is not None else None
+        path = write_results(
+            results_dirs, out, report_command=command_line(args), preface=text
+        )
     except (FileNotFoundError, ValueError, KeyError) as err:
         _fail(err)
     typer.echo(str(path))

@@ -319,8 +319,10 @@ def _environment(cells: Sequence[Mapping[str, Any]]) -> str:
     return "; ".join(parts)
 
 
-def _group_section(group: Group, md_dir: Path, stem: str, report_command: str) -> list[str]:
-    lines = [f"## {group.dataset} — {group.architecture}", ""]
+def _group_section(
+    group: Group, md_dir: Path, stem: str, report_command: str, level: int = 2
+) -> list[str]:
+    lines = [f"{'#' * level} {group.dataset} — {group.architecture}", ""]
     selection = sorted({r.selection for r in group.rows if r.kind in ("mtl", "tuned") and r.selection})
     lines.append(
         "Test metrics of the checkpoint selected on the validation split, mean ± sample std over "
@@ -366,17 +368,17 @@ def _group_section(group: Group, md_dir: Path, stem: str, report_command: str) -
         if png is None:
             continue
         name = f"{stem}-{group.slug}-{kind}.png"
+        (md_dir / name).parent.mkdir(parents=True, exist_ok=True)
         (md_dir / name).write_bytes(png)
         lines.append(f"![{group.dataset} {group.architecture}: {title}]({name})")
     lines.append("")
     return lines
 
 
-def write_results(
-    results_dir: str | Path, out: str | Path, *, report_command: str = ""
-) -> Path:
-    """Write the Markdown (and its PNGs beside it) for every cell under ``results_dir``."""
-    results_dir, out = Path(results_dir), Path(out)
+def _suite_section(
+    results_dir: Path, md_dir: Path, stem: str, report_command: str, level: int
+) -> list[str]:
+    """The status, description and every (data set, architecture) group of one results dir."""
     if not (results_dir / CELLS_DIR).is_dir():
         raise FileNotFoundError(f"{results_dir} holds no '{CELLS_DIR}/' directory (not a bench run)")
     cells = list(iter_cells(results_dir))
@@ -396,8 +398,11 @@ def write_results(
     failed = sorted(p.name.removesuffix(".failed.json")
                     for p in (results_dir / CELLS_DIR).glob("*.failed.json"))
     missing = [s for s in expected if s not in done and s not in failed]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    lines = [f"# Benchmark results: {suite.get('name') or results_dir.name}", ""]
+    name = suite.get("name") or results_dir.name
+    title = name if level == 1 else results_dir.resolve().name  # unique among several dirs
+    lines = [f"{'#' * level} Benchmark results: {title}", ""]
+    if title != name:
+        lines += [f"Suite `{name}` ({suite_info.get('suite_file') or 'suite file not recorded'}).", ""]
     if suite.get("description"):
         lines += [suite["description"].strip(), ""]
     lines.append(
@@ -416,7 +421,35 @@ def write_results(
         lines += ["", f"Not run: {shown}"]
     lines.append("")
     for group in aggregate(cells, order):
-        lines += _group_section(group, out.parent, out.stem, report_command)
+        lines += _group_section(group, md_dir, stem, report_command, level + 1)
+    return lines
+
+
+def write_results(
+    results_dir: str | Path | Sequence[str | Path],
+    out: str | Path,
+    *,
+    report_command: str = "",
+    preface: str | None = None,
+) -> Path:
+    """Write the Markdown (and its PNGs beside it) for every cell under ``results_dir``.
+
+    Several results directories make one page: ``preface`` (Markdown, e.g. the findings and the
+    targets, written by a person) first, then one section per directory. PNG names carry the
+    directory's name, so two runs of the same data set do not overwrite each other's plots.
+    """
+    dirs = [Path(results_dir)] if isinstance(results_dir, (str, Path)) else [Path(d) for d in results_dir]
+    if not dirs:
+        raise ValueError("no results directory given")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if len(dirs) == 1 and preface is None:
+        lines = _suite_section(dirs[0], out.parent, out.stem, report_command, level=1)
+    else:
+        lines = [preface.rstrip(), ""] if preface else ["# Benchmark results", ""]
+        for d in dirs:  # the many PNGs go to a folder named after the page
+            lines += _suite_section(d, out.parent, f"{out.stem}/{d.resolve().name}",
+                                    report_command, level=2)
     out.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
     return out
 
