@@ -12,6 +12,10 @@ model built with the same seed, so both libraries train the identical network on
 batch. Left out of the LibMTL step (in its favour): the ``Trainer``'s per-step bookkeeping
 (``loss.item()`` per task and metric updates).
 
+Two uses: :class:`LibMTLRunner` times single steps for ``polytask bench overhead``, and
+:func:`fit_libmtl` trains a whole run (epochs, validation, early stopping, test) for the
+``libmtl-<method>`` cells of a benchmark suite, side by side with polytask's cell of that method.
+
 One compatibility shim, and only one: LibMTL was written for torch 1.x, where ``zero_grad()`` left
 zero-filled gradients; since torch 2.0 it sets them to ``None`` and LibMTL's ``_reset_grad``
 (``param.grad.data = ...``) then fails. ``zero_grad_share_params`` is therefore called with
@@ -38,7 +42,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LIBMTL_METHODS", "LibMTLFit", "LibMTLRunner", "fit_libmtl", "libmtl_version"]
+__all__ = [
+    "LIBMTL_METHODS",
+    "LibMTLFit",
+    "LibMTLRunner",
+    "build_libmtl_model",
+    "fit_libmtl",
+    "libmtl_version",
+]
 
 #: polytask name -> (LibMTL weighting class, its default ``weight_args`` from LibMTL.config).
 LIBMTL_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
