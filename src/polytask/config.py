@@ -35,6 +35,7 @@ __all__ = [
     "SamplingConfig",
     "SourceConfig",
     "load_config",
+    "read_yaml",
 ]
 
 
@@ -302,15 +303,20 @@ def parse_config(raw: Any, source: str = "") -> ExperimentConfig:
         raise ConfigError(format_validation_error(err, source)) from None
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
-    """Read and validate a YAML experiment file."""
+def read_yaml(path: str | Path, what: str, error: type[ValueError]) -> Any:
+    """The parsed YAML of ``path``; a missing file or bad YAML raises ``error`` naming ``what``."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"configuration file {path} does not exist")
+        raise error(f"{what} {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ConfigError(f"configuration {path} is not valid YAML: {err}") from None
+        raise error(f"{what} {path} is not valid YAML: {err}") from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Read and validate a YAML experiment file."""
+    raw = read_yaml(path, "configuration file", ConfigError)
     if overrides:
         raw = {**raw, **overrides}
     return parse_config(raw, str(path))

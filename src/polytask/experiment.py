@@ -44,6 +44,7 @@ from polytask.training import TrainSettings, fit
 __all__ = [
     "ExperimentResult",
     "build_model",
+    "compute_summary_metrics",
     "load_data",
     "load_sources",
     "run_experiment",
@@ -362,7 +363,7 @@ def _run_label(config: ExperimentConfig, model: ModelConfig, balancer: str) -> s
     return model.display if len(config.balancers) == 1 else f"{model.display}-{balancer}"
 
 
-def _summary_metrics(
+def compute_summary_metrics(
     config: ExperimentConfig, model: MultiTaskModel, splits: Splits
 ) -> dict[str, dict[str, float]]:
     """``summary_metrics`` of the selected model on validation and test (model as left by fit)."""
@@ -436,7 +437,7 @@ def run_experiment(
                     model, splits, balancer, settings, run_dir, train_source=source,
                     stl_val=stl_val, stl_test=stl_test, communicator=communicator,
                 )
-                summary = _summary_metrics(config, model, splits) if config.summary_metrics else {}
+                summary = compute_summary_metrics(config, model, splits) if config.summary_metrics else {}
                 if summary and (run_dir / "results.json").exists():
                     saved = json.loads((run_dir / "results.json").read_text())
                     saved["summary_metrics"] = summary

@@ -212,6 +212,7 @@ def fit_libmtl(
         _resolve_rule,
         _safe_delta_m,
         _selection_score,
+        build_optimizer,
         resolve_device,
         seed_everything,
     )
@@ -230,15 +231,8 @@ def fit_libmtl(
     seed_everything(s.seed)
     net = build_libmtl_model(method, _Encoder(model), copy.deepcopy(model.heads), rep_grad, device)
     _, weight_args = _weighting_class(method)
-    params = list(net.parameters())  # LibMTL's Trainer: one optimizer over model.parameters()
-    if s.optimizer == "sgd":
-        optimizer: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay
-        )
-    elif s.optimizer == "adam":
-        optimizer = torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    # LibMTL's Trainer: one optimizer over model.parameters(), its weighting's parameters included
+    optimizer = build_optimizer(list(net.parameters()), s)
     t = len(tasks)
     net.train_loss_buffer = np.zeros((t, s.epochs))
     best_score, best_epoch, bad, best_state = -math.inf, -1, 0, None

@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from polytask.config import (
@@ -50,6 +49,7 @@ from polytask.config import (
     ModelConfig,
     SummaryMetric,
     format_validation_error,
+    read_yaml,
 )
 from polytask.config import TrainingConfig as _TrainingConfig
 
@@ -304,14 +304,7 @@ def parse_suite(raw: Any, source: str = "") -> SuiteConfig:
 
 def load_suite(path: str | Path) -> SuiteConfig:
     """Read and validate a YAML suite file."""
-    path = Path(path)
-    if not path.is_file():
-        raise SuiteError(f"benchmark suite {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise SuiteError(f"benchmark suite {path} is not valid YAML: {err}") from None
-    return parse_suite(raw, str(path))
+    return parse_suite(read_yaml(path, "benchmark suite", SuiteError), str(path))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -698,6 +691,29 @@ class _Pair:
         self._stl[seed] = cell
         return cell
 
+    def _baselines(self, label: str, seed: int) -> tuple[dict[str, Any] | None, bool]:
+        """The seed's STL cell, and whether a multi-task cell may run (not when STL failed)."""
+        stl = self.stl(seed)
+        if self.ctx.suite.stl and stl is None:
+            self.ctx.log(f"{label} seed {seed}: skipped, its single-task baselines failed")
+            return None, False
+        return stl, True
+
+    def _start_run(
+        self, config: ExperimentConfig, seed: int, run_dir: Path, balancer: str
+    ) -> tuple[Any, Any, Any]:
+        """The seed's splits, the model built under the seed, the run's settings; config written."""
+        from polytask.experiment import build_model
+
+        splits = self.splits(seed)
+        torch.manual_seed(seed)
+        model = build_model(config, splits.tasks, splits.train.inputs[:2])
+        settings = config.training.settings(
+            seed, balancer=balancer, architecture=config.model.architecture
+        )
+        (run_dir / "config.yaml").write_text(config.to_yaml())
+        return splits, model, settings
+
     def mtl(
         self,
         method: str,
@@ -709,53 +725,35 @@ class _Pair:
     ) -> dict[str, Any] | None:
         """One multi-task training of ``balancer`` on ``seed`` (``training`` overrides)."""
         config = self.cell_config(balancer, seed, **(training or {}))
-        stl = self.stl(seed)
-        if self.ctx.suite.stl and stl is None:
-            self.ctx.log(f"{method} seed {seed}: skipped, its single-task baselines failed")
+        stl, runnable = self._baselines(method, seed)
+        if not runnable:
             return None
         stl_val = stl["val"] if stl else None
         stl_test = stl["test"] if stl else None
 
         def body(run_dir: Path, memory: PeakMemory) -> dict[str, Any]:
             from polytask.balancing import create_balancer
-            from polytask.experiment import _summary_metrics, build_model, train_source
+            from polytask.experiment import compute_summary_metrics, train_source
             from polytask.training import fit
 
-            splits = self.splits(seed)
+            splits, model, settings = self._start_run(config, seed, run_dir, balancer.name)
             tasks = splits.tasks
-            torch.manual_seed(seed)
-            model = build_model(config, tasks, splits.train.inputs[:2])
             bal = create_balancer(
                 balancer.name, [t.name for t in tasks],
                 task_weights={t.name: t.weight for t in tasks}, **balancer.options,
             )
-            settings = config.training.settings(
-                seed, balancer=balancer.name, architecture=config.model.architecture
-            )
-            (run_dir / "config.yaml").write_text(config.to_yaml())
             fitted = fit(
                 model, splits, bal, settings, run_dir, stl_val=stl_val, stl_test=stl_test,
                 resume=True, train_source=train_source(config, self.sources(seed)),
             )
             # fit leaves the selected checkpoint loaded: whole-model metrics of that model
-            summary = _summary_metrics(config, model, splits) if config.summary_metrics else None
-            times = epoch_times(run_dir)
-            rule = fitted.selection
+            summary = (
+                compute_summary_metrics(config, model, splits) if config.summary_metrics else None
+            )
             return {
-                "balancer": balancer.name,
-                "tasks": _tasks_json(tasks),
-                "val": fitted.val,
-                "test": fitted.test,
-                "delta_m": fitted.delta_m,
-                "val_delta_m": _safe_delta(fitted.val, stl_val, tasks),
-                "time_per_epoch_s": statistics.fmean(times) if times else math.nan,
-                "time_note": "mean wall time of an epoch: training steps + validation pass",
-                "epochs": fitted.epochs_run,
-                "best_epoch": fitted.best_epoch,
-                "num_parameters": sum(p.numel() for p in model.parameters()),
-                "selection": describe_rule(rule),
+                **_fit_record(balancer.name, config, tasks, fitted, stl_val, epoch_times(run_dir),
+                              sum(p.numel() for p in model.parameters())),
                 "warnings": fitted.warnings,
-                "config": config.model_dump(mode="json"),
                 **({"summary": summary} if summary is not None else {}),
                 **(extra or {}),
             }
@@ -770,9 +768,8 @@ class _Pair:
 
         method = balancer.name
         config = self.cell_config(balancer, seed)
-        stl = self.stl(seed)
-        if self.ctx.suite.stl and stl is None:
-            self.ctx.log(f"libmtl-{method} seed {seed}: skipped, its single-task baselines failed")
+        stl, runnable = self._baselines(f"libmtl-{method}", seed)
+        if not runnable:
             return None
         stl_val = stl["val"] if stl else None
         stl_test = stl["test"] if stl else None
@@ -780,7 +777,6 @@ class _Pair:
 
         def body(run_dir: Path, memory: PeakMemory) -> dict[str, Any]:
             from polytask.bench._libmtl import fit_libmtl
-            from polytask.experiment import build_model
 
             if version is None:
                 raise ImportError(
@@ -791,35 +787,17 @@ class _Pair:
                     "the LibMTL side-by-side trains one data set; this one is several "
                     "(LibMTL's multi_input mode is not driven here)"
                 )
-            splits = self.splits(seed)
-            tasks = splits.tasks
-            torch.manual_seed(seed)
-            model = build_model(config, tasks, splits.train.inputs[:2])
-            settings = config.training.settings(
-                seed, balancer=method, architecture=config.model.architecture
-            )
-            (run_dir / "config.yaml").write_text(config.to_yaml())
+            splits, model, settings = self._start_run(config, seed, run_dir, method)
             fitted = fit_libmtl(
                 model, splits, method, settings, run_dir, rep_grad=side.rep_grad,
                 stl_val=stl_val, stl_test=stl_test,
             )
             return {
-                "balancer": method,
+                **_fit_record(method, config, splits.tasks, fitted, stl_val, fitted.epoch_times,
+                              fitted.num_parameters),
                 "library": "LibMTL",
                 "libmtl": {"version": version, "weighting": LIBMTL_METHODS[method][0],
                            "weight_args": LIBMTL_METHODS[method][1], "rep_grad": side.rep_grad},
-                "tasks": _tasks_json(tasks),
-                "val": fitted.val,
-                "test": fitted.test,
-                "delta_m": fitted.delta_m,
-                "val_delta_m": _safe_delta(fitted.val, stl_val, tasks),
-                "time_per_epoch_s": statistics.fmean(fitted.epoch_times),
-                "time_note": "mean wall time of an epoch: training steps + validation pass",
-                "epochs": fitted.epochs_run,
-                "best_epoch": fitted.best_epoch,
-                "num_parameters": fitted.num_parameters,
-                "selection": describe_rule(fitted.selection),
-                "config": config.model_dump(mode="json"),
             }
 
         payload = {"kind": "libmtl", "config": config.model_dump(mode="json"),
@@ -857,6 +835,33 @@ def stl_selection(config: Mapping[str, Any]) -> str:
     if rule == "val_loss":
         return "per task: the checkpoint with the lowest validation loss"
     return f"per task: val {rule}"
+
+
+def _fit_record(
+    balancer: str,
+    config: ExperimentConfig,
+    tasks: Sequence[Any],
+    fitted: Any,
+    stl_val: Metrics | None,
+    times: Sequence[float],
+    num_parameters: int,
+) -> dict[str, Any]:
+    """The fields every trained cell records (polytask's ``fit`` or LibMTL's), from its result."""
+    return {
+        "balancer": balancer,
+        "tasks": _tasks_json(tasks),
+        "val": fitted.val,
+        "test": fitted.test,
+        "delta_m": fitted.delta_m,
+        "val_delta_m": _safe_delta(fitted.val, stl_val, tasks),
+        "time_per_epoch_s": statistics.fmean(times) if times else math.nan,
+        "time_note": "mean wall time of an epoch: training steps + validation pass",
+        "epochs": fitted.epochs_run,
+        "best_epoch": fitted.best_epoch,
+        "num_parameters": num_parameters,
+        "selection": describe_rule(fitted.selection),
+        "config": config.model_dump(mode="json"),
+    }
 
 
 def describe_rule(rule: str) -> str:

@@ -95,11 +95,16 @@ def _optimizer(
     balancer_params = [p for p in balancer.parameters() if p.requires_grad]
     if balancer_params:  # learnable task weights: no weight decay pulling them to zero
         groups.append({"params": balancer_params, "weight_decay": 0.0})
+    return build_optimizer(groups, s)
+
+
+def build_optimizer(params: Any, s: TrainSettings) -> torch.optim.Optimizer:
+    """The optimizer ``s.optimizer`` over ``params`` (tensors or parameter groups)."""
     if s.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+        return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
     if s.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=s.lr, weight_decay=s.weight_decay)
-    return torch.optim.AdamW(groups, lr=s.lr, weight_decay=s.weight_decay)
+        return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
+    return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, s: TrainSettings) -> Any:
