@@ -458,6 +458,16 @@ def write_results(
 # Plots (matplotlib's Agg canvas directly, as in polytask.report.plots)
 
 
+def _scatter_axes(
+    rows: Sequence[MethodRow], height: float, left: float
+) -> tuple[Any, Any, list[str], dict[str, Any]]:
+    """A 6-inch-wide figure with one axes, and each row's label and colour (one point per row)."""
+    labels = [_label(r) for r in rows]
+    fig = _new_figure(6.0, height)
+    _margins(fig, left=left, bottom=0.65)
+    return fig, fig.add_subplot(), labels, _colors(labels)
+
+
 def _png(fig: Any, ax: Any, grid_axis: str = "both") -> bytes:
     """Every plot here ends alike: a light grid, a small legend, PNG bytes."""
     ax.grid(True, axis=grid_axis, alpha=0.3)
@@ -548,11 +558,7 @@ def _pareto(group: Group) -> bytes | None:
     rows = [r for r in group.rows if r.task[ta["name"]][2] and r.task[tb["name"]][2]]
     if not rows:
         return None
-    labels = [_label(r) for r in rows]
-    colors = _colors(labels)
-    fig = _new_figure(6.0, 4.6)
-    _margins(fig, left=0.9, bottom=0.65)
-    ax = fig.add_subplot()
+    fig, ax, labels, colors = _scatter_axes(rows, 4.6, left=0.9)
     points = [(r.task[ta["name"]][0], r.task[tb["name"]][0]) for r in rows]
     front = pareto_front(points, (ta["higher_is_better"], tb["higher_is_better"]))
     for i, (r, label) in enumerate(zip(rows, labels, strict=True)):
@@ -575,11 +581,7 @@ def _dm_time(group: Group) -> bytes | None:
     rows = [r for r in group.rows if r.delta_m[2] and r.time_per_epoch[2]]
     if not rows:
         return None
-    labels = [_label(r) for r in rows]
-    colors = _colors(labels)
-    fig = _new_figure(6.0, 4.4)
-    _margins(fig, left=0.8, bottom=0.65)
-    ax = fig.add_subplot()
+    fig, ax, labels, colors = _scatter_axes(rows, 4.4, left=0.8)
     for r, label in zip(rows, labels, strict=True):
         ax.errorbar(r.time_per_epoch[0], r.delta_m[0],
                     yerr=r.delta_m[1] if math.isfinite(r.delta_m[1]) else None,
