@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from polytask.balancing.base import Balancer, BalancerError, Combination, StepInfo
+from polytask.data.batch import Inputs, input_device
 from polytask.models.base import MultiTaskModel
 from polytask.tasks import Task
 
@@ -323,11 +324,11 @@ class GradientEngine:
         return torch.stack(rows)
 
     def forward_losses(
-        self, x: Tensor, targets: dict[str, Tensor]
+        self, x: Inputs, targets: dict[str, Tensor]
     ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
         """Forward pass; returns per-sample losses, counts, the representation (representation mode,
         and gramian mode when the model has one) and its detached copy (representation mode)."""
-        device_type = x.device.type
+        device_type = input_device(x).type
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.amp):
             if self.mode == "representation" and self._gradients != "none":
                 rep = self.model.encode(x)
@@ -345,7 +346,7 @@ class GradientEngine:
 
     # ------------------------------------------------------------------ the step
     def backward(
-        self, x: Tensor, targets: dict[str, Tensor], step: int, epoch: int
+        self, x: Inputs, targets: dict[str, Tensor], step: int, epoch: int
     ) -> StepOutput | None:
         """Forward, losses, gradients: afterwards every parameter's ``.grad`` holds the update.
 
@@ -592,7 +593,7 @@ class GradientEngine:
             )
 
     @torch.no_grad()
-    def after_step(self, x: Tensor, targets: dict[str, Tensor]) -> None:
+    def after_step(self, x: Inputs, targets: dict[str, Tensor]) -> None:
         """The extra forward some balancers ask for: losses on the same batch after the update.
 
         Exact DDP hands every rank's balancer the global mean losses; cheap DDP hands each local

@@ -1,38 +1,94 @@
-"""In-memory multi-task data: one input tensor, one target tensor per task, and their tasks.
+"""In-memory multi-task data: inputs (a tensor or named tensors), one target tensor per task.
 
-Every loader in :mod:`polytask.data` returns :class:`Splits` of :class:`MultiTaskData`. The data sets
-this library targets fit in memory, so batches are index slices of tensors: no per-sample Python,
-no collate function, and a batch is identical on every run with the same generator seed.
+:class:`MultiTaskData` is the fast implementation of the data contract (:mod:`polytask.data.batch`):
+batches are index slices of tensors, with no per-sample Python and no collate, and a batch is
+identical on every run with the same generator seed. Data that does not fit in memory, or comes as
+a ``torch.utils.data.Dataset``, goes through :class:`polytask.data.loader.DatasetData`, which
+yields the same batches through a ``DataLoader``. Both implement :class:`TaskData`, the small
+protocol that the loop, the evaluation and the experiment read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
+from polytask.data.batch import Batch, Inputs, batch_len, slice_inputs
 from polytask.tasks import LabelError, Task, TaskKind
 
-__all__ = ["Batch", "DataError", "MultiTaskData", "Splits", "iterate_batches", "random_split"]
-
-Batch = tuple[Tensor, dict[str, Tensor]]
+__all__ = [
+    "Batch",
+    "DataError",
+    "MultiTaskData",
+    "Splits",
+    "TaskData",
+    "iterate_batches",
+    "random_split",
+]
 
 
 class DataError(ValueError):
     """Input data that cannot be used as it is; the message names the column, row or file."""
 
 
+@runtime_checkable
+class TaskData(Protocol):
+    """What training and evaluation read from one split, whatever holds the data.
+
+    ``batches`` yields ``(inputs, {task: target})`` with every task's key; under DDP rank ``r`` of
+    ``world_size`` gets a disjoint shard, and the same ``generator`` state gives the same batches.
+    ``label_counts`` is read before training (a task without a training label is refused) and
+    ``targets`` (every row's targets, per task) by the regression scalers and the single-task
+    baselines.
+    """
+
+    tasks: list[Task]
+    name: str
+
+    def __len__(self) -> int: ...
+
+    @property
+    def task_names(self) -> list[str]: ...
+
+    @property
+    def targets(self) -> dict[str, Tensor]: ...
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> Iterator[Batch]: ...
+
+    def example(self, n: int = 2) -> Inputs: ...
+
+    def subset(self, index: Tensor | Sequence[int]) -> TaskData: ...
+
+    def with_tasks(self, tasks: Sequence[Task]) -> TaskData: ...
+
+    def validate(self, split: str = "") -> TaskData: ...
+
+    def label_counts(self) -> dict[str, int]: ...
+
+
 @dataclass
 class MultiTaskData:
-    """Inputs ``[N, ...]`` and, per task, targets ``[N]`` or ``[N, k]`` with missing labels marked.
+    """Inputs ``[N, ...]`` (or named inputs, a dict of such tensors) and, per task, targets
+    ``[N, ...]`` with missing labels marked (per sample, or per element for dense targets).
 
     ``row_ids`` keeps each row's position in the source file so that errors and predictions can
     point back to it after shuffling and splitting.
     """
 
-    inputs: Tensor
+    inputs: Inputs
     targets: dict[str, Tensor]
     tasks: list[Task]
     name: str = "data"
@@ -40,11 +96,16 @@ class MultiTaskData:
     info: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.inputs, Tensor | dict):
+            raise TypeError(
+                f"{self.name}: inputs must be a tensor or a dict of named tensors, got "
+                f"{type(self.inputs).__name__}"
+            )
         if self.row_ids is None:
-            self.row_ids = torch.arange(self.inputs.shape[0])
+            self.row_ids = torch.arange(batch_len(self.inputs))
 
     def __len__(self) -> int:
-        return int(self.inputs.shape[0])
+        return batch_len(self.inputs)
 
     @property
     def task_names(self) -> list[str]:
@@ -54,7 +115,7 @@ class MultiTaskData:
         idx = torch.as_tensor(index, dtype=torch.long)
         assert self.row_ids is not None
         return MultiTaskData(
-            inputs=self.inputs[idx],
+            inputs=slice_inputs(self.inputs, idx),
             targets={k: v[idx] for k, v in self.targets.items()},
             tasks=self.tasks,
             name=self.name,
@@ -66,16 +127,21 @@ class MultiTaskData:
         """Check shapes, dtypes and values; raise naming the task, row or split that is wrong."""
         where = f"{self.name}{'/' + split if split else ''}"
         n = len(self)
-        if not self.inputs.is_floating_point():
-            raise DataError(f"{where}: inputs must be floating point, got {self.inputs.dtype}")
-        finite = torch.isfinite(self.inputs.reshape(n, -1)).all(dim=1)
-        if not bool(finite.all()):
-            bad = int((~finite).nonzero()[0, 0])
-            assert self.row_ids is not None
-            raise DataError(
-                f"{where}: inputs contain NaN or inf at row {int(self.row_ids[bad])} "
-                f"({int((~finite).sum())} row(s) in all); impute or drop them first"
-            )
+        named = self.inputs if isinstance(self.inputs, dict) else {"": self.inputs}
+        for key, value in named.items():
+            what = f"input {key!r}" if key else "inputs"
+            if value.dtype == torch.bool or value.is_complex():
+                raise DataError(f"{where}: {what} must be real numbers, got {value.dtype}")
+            if not value.is_floating_point():
+                continue  # token ids and category codes: integers by design
+            finite = torch.isfinite(value.reshape(n, -1)).all(dim=1)
+            if not bool(finite.all()):
+                bad = int((~finite).nonzero()[0, 0])
+                assert self.row_ids is not None
+                raise DataError(
+                    f"{where}: {what} contain NaN or inf at row {int(self.row_ids[bad])} "
+                    f"({int((~finite).sum())} row(s) in all); impute or drop them first"
+                )
         names = self.task_names
         if len(set(names)) != len(names):
             raise DataError(f"{where}: duplicate task names {names}")
@@ -99,14 +165,41 @@ class MultiTaskData:
     def label_counts(self) -> dict[str, int]:
         return {t.name: int(t.label_mask(self.targets[t.name]).sum()) for t in self.tasks}
 
+    def example(self, n: int = 2) -> Inputs:
+        """The first ``n`` rows' inputs: what a model is built from (shapes, widths)."""
+        return slice_inputs(self.inputs, slice(0, n))
+
+    def with_tasks(self, tasks: Sequence[Task]) -> MultiTaskData:
+        """The same rows, keeping only ``tasks`` (a subset of this data's tasks)."""
+        return MultiTaskData(
+            inputs=self.inputs, targets={t.name: self.targets[t.name] for t in tasks},
+            tasks=list(tasks), name=self.name, row_ids=self.row_ids, info=self.info,
+        )
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> Iterator[Batch]:
+        """Index-slice batches; see :func:`iterate_batches`."""
+        return iterate_batches(
+            self, batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last,
+            rank=rank, world_size=world_size,
+        )
+
 
 @dataclass
 class Splits:
-    """Train / validation / test splits sharing one list of tasks."""
+    """Train / validation / test splits sharing one list of tasks (in memory, or Datasets)."""
 
-    train: MultiTaskData
-    val: MultiTaskData
-    test: MultiTaskData
+    train: TaskData
+    val: TaskData
+    test: TaskData
     info: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -155,21 +248,30 @@ class Splits:
 
 
 def random_split(
-    data: MultiTaskData, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0
+    data: TaskData,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    *,
+    scale_targets: bool = True,
 ) -> Splits:
-    """Shuffle rows with ``seed`` and cut them into train / val / test by ``fractions``."""
+    """Shuffle rows with ``seed`` and cut them into train / val / test by ``fractions``.
+
+    Regression tasks get their target scalers fitted on the training part (``scale_targets``), as
+    every built-in loader does, so standardized regression trains on the scale it reports.
+    """
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
         raise DataError(f"split fractions must be 3 non-negative numbers summing to 1: {fractions}")
     n = len(data)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_train = round(fractions[0] * n)
     n_val = round(fractions[1] * n)
-    return Splits(
+    splits = Splits(
         train=data.subset(perm[:n_train]),
         val=data.subset(perm[n_train : n_train + n_val]),
         test=data.subset(perm[n_train + n_val :]),
         info={"split": "random", "seed": seed, "fractions": list(fractions)},
     )
+    return splits.fit_target_scalers() if scale_targets else splits
 
 
 def iterate_batches(
@@ -197,4 +299,4 @@ def iterate_batches(
         idx = block[rank * batch_size : (rank + 1) * batch_size]
         if idx.numel() == 0 or (drop_last and idx.numel() < batch_size):
             continue
-        yield data.inputs[idx], {k: v[idx] for k, v in data.targets.items()}
+        yield slice_inputs(data.inputs, idx), {k: v[idx] for k, v in data.targets.items()}

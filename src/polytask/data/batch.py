@@ -32,6 +32,7 @@ from polytask.tasks import Task, TaskKind
 
 __all__ = [
     "Batch",
+    "BatchError",
     "Inputs",
     "MultiTaskCollate",
     "batch_len",

@@ -18,7 +18,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from polytask.data.base import MultiTaskData, iterate_batches
+from polytask.data.base import TaskData
+from polytask.data.batch import move_to
 from polytask.tasks import Task
 
 __all__ = [
@@ -39,17 +40,19 @@ class EvaluationError(ValueError):
 
 @torch.no_grad()
 def predict_outputs(
-    model: nn.Module, data: MultiTaskData, batch_size: int = 512, device: torch.device | None = None
+    model: nn.Module, data: TaskData, batch_size: int = 512, device: torch.device | None = None
 ) -> dict[str, torch.Tensor]:
     """Raw model outputs for every row of ``data``, concatenated per task (on the CPU)."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
     chunks: dict[str, list[torch.Tensor]] = {}
-    for x, _ in iterate_batches(data, batch_size):
-        for name, out in model(x.to(device)).items():
-            chunks.setdefault(name, []).append(out.float().cpu())
-    model.train(was_training)
+    try:
+        for x, _ in data.batches(batch_size):
+            for name, out in model(move_to(x, device)).items():
+                chunks.setdefault(name, []).append(out.float().cpu())
+    finally:
+        model.train(was_training)
     return {k: torch.cat(v) for k, v in chunks.items()}
 
 
@@ -57,52 +60,70 @@ def predict_outputs(
 def evaluate(
     model: nn.Module,
     tasks: Sequence[Task],
-    data: MultiTaskData,
+    data: TaskData,
     batch_size: int = 512,
     device: torch.device | None = None,
 ) -> tuple[Metrics, dict[str, int]]:
     """Metrics per task on the labelled rows of ``data``, the mean loss, and a warning count.
 
+    Streams: each batch's outputs update the torchmetrics states and the loss sums and are then
+    dropped, so evaluating dense outputs (a mask per image) never holds the split's outputs at once.
+
     A metric that is undefined on this split (e.g. ROC-AUC when the labelled rows hold a single
     class) is reported as NaN *and* counted under ``undefined_metric/<task>/<metric>`` with a
     warning: it is never silently replaced by a number.
     """
-    outputs = predict_outputs(model, data, batch_size, device)
+    device = device or next(model.parameters()).device
+    collections = {t.name: t.make_metrics() for t in tasks}
+    loss_sum = dict.fromkeys(collections, 0.0)
+    counts = dict.fromkeys(collections, 0)
+    fed = dict.fromkeys(collections, 0)
+    classes: dict[str, set[float]] = {t.name: set() for t in tasks}
+    was_training = model.training
+    model.eval()
+    try:
+        for x, y in data.batches(batch_size):
+            outputs = model(move_to(x, device))
+            for task in tasks:
+                out, target = outputs[task.name].float().cpu(), y[task.name]
+                per, count = task.sample_losses(out, target)
+                loss_sum[task.name] += float(per.double().sum())
+                counts[task.name] += count
+                fed[task.name] += task.update_metrics(collections[task.name], out, target)
+                if task.kind.value == "binary" and len(classes[task.name]) < 2:
+                    labelled = target[task.label_mask(target)]
+                    classes[task.name].update(labelled.unique().tolist())
+    finally:
+        model.train(was_training)
     results: Metrics = {}
     warnings_count: dict[str, int] = {}
     for task in tasks:
-        out, y = outputs[task.name], data.targets[task.name]
         scores: dict[str, float] = {}
-        loss, count = task.loss_and_count(out, y)
-        scores["loss"] = float(loss) if count else math.nan
+        count = counts[task.name]
+        scores["loss"] = loss_sum[task.name] / count if count else math.nan
         scores["labelled"] = float(count)
-        collection = task.make_metrics()
-        fed = task.update_metrics(collection, out, y)
-        if fed == 0:
+        if fed[task.name] == 0:
             key = f"no_labels/{task.name}"
             warnings_count[key] = warnings_count.get(key, 0) + 1
             warnings.warn(f"task {task.name!r}: no labelled row in {data.name}; metrics are NaN", stacklevel=2)
             scores.update({m: math.nan for m in task.metric_factories()})
-        else:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                computed = collection.compute()
-            for name, value in computed.items():
-                v = float(value.float().mean()) if value.numel() else math.nan
-                scores[name] = v
-            labelled = y[task.label_mask(y)]
-            single_class = task.kind.value in ("binary",) and labelled.unique().numel() < 2
-            if caught or single_class:
-                for metric in task.metric_factories():
-                    if metric == "auroc" and single_class:
-                        scores[metric] = math.nan
-                        key = f"undefined_metric/{task.name}/{metric}"
-                        warnings_count[key] = warnings_count.get(key, 0) + 1
-                        warnings.warn(
-                            f"task {task.name!r}: ROC-AUC undefined on {data.name} (one class "
-                            "among the labelled rows); reported as NaN",
-                            stacklevel=2,
-                        )
+            results[task.name] = scores
+            continue
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            computed = collections[task.name].compute()
+        for name, value in computed.items():
+            scores[name] = float(value.float().mean()) if value.numel() else math.nan
+        single_class = task.kind.value == "binary" and len(classes[task.name]) < 2
+        if single_class and "auroc" in scores:
+            scores["auroc"] = math.nan
+            key = f"undefined_metric/{task.name}/auroc"
+            warnings_count[key] = warnings_count.get(key, 0) + 1
+            warnings.warn(
+                f"task {task.name!r}: ROC-AUC undefined on {data.name} (one class among the "
+                "labelled rows); reported as NaN",
+                stacklevel=2,
+            )
         results[task.name] = scores
     return results, warnings_count
 
@@ -141,7 +162,7 @@ def mean_primary(metrics: Mapping[str, Mapping[str, float]], tasks: Sequence[Tas
 def pooled_explained_variance(
     model: nn.Module,
     tasks: Sequence[Task],
-    data: MultiTaskData,
+    data: TaskData,
     batch_size: int = 512,
     device: torch.device | None = None,
 ) -> float:

@@ -20,6 +20,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+from polytask.data.batch import Inputs, batch_len, slice_inputs
+from polytask.models.features import FeatureSpec, infer_feature_spec
 from polytask.tasks import Task
 
 __all__ = ["HEAD_KINDS", "HardSharing", "MultiTaskModel", "TaskOffset", "infer_out_features"]
@@ -42,13 +44,13 @@ class MultiTaskModel(nn.Module):
     def task_names(self) -> list[str]:
         return [t.name for t in self.tasks]
 
-    def encode(self, x: Tensor) -> Tensor:
+    def encode(self, x: Inputs) -> Tensor:
         raise NotImplementedError
 
-    def decode(self, rep: Tensor, x: Tensor) -> dict[str, Tensor]:
+    def decode(self, rep: Tensor, x: Inputs) -> dict[str, Tensor]:
         raise NotImplementedError
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def forward(self, x: Inputs) -> dict[str, Tensor]:
         return self.decode(self.encode(x), x)
 
     def shared_modules(self) -> list[nn.Module]:
@@ -88,12 +90,12 @@ class MultiTaskModel(nn.Module):
         return None
 
 
-def infer_out_features(trunk: nn.Module, example_input: Tensor) -> int:
+def infer_out_features(trunk: nn.Module, example_input: Inputs) -> int:
     """Width of the trunk's flattened output, by one forward pass on an example batch."""
     was_training = trunk.training
     trunk.eval()
     with torch.no_grad():
-        out = trunk(example_input[:2])
+        out = trunk(slice_inputs(example_input, slice(0, 2)))
     trunk.train(was_training)
     return int(out.reshape(out.shape[0], -1).shape[1])
 
@@ -120,22 +122,26 @@ class HardSharing(MultiTaskModel):
     """One shared trunk, one head per task (Caruana 1997): the baseline every method builds on.
 
     Args:
-        trunk: any module mapping a batch of inputs to a batch of features.
-        tasks: the tasks; each builds its own head from the trunk's output width.
-        out_features: the trunk's output width; read from ``trunk.out_features`` or inferred from
-            ``example_input`` when omitted.
+        trunk: any module mapping a batch of inputs (a tensor, or a dict of named tensors) to one
+            feature tensor: a vector ``[B, D]``, a feature map ``[B, C, H, W]`` or a token
+            sequence ``[B, L, D]`` (:mod:`polytask.models.features`).
+        tasks: the tasks; each gets the head that reads the trunk's features for its layout
+            (:func:`polytask.models.heads.make_task_head`: linear on vectors, pooled on maps and
+            sequences, an upsampling decoder for dense targets on maps).
+        out_features: the trunk's output width, for a trunk of vectors that does not declare its
+            ``feature_spec``; otherwise read from ``trunk.feature_spec``, ``trunk.out_features``
+            or one forward pass on ``example_input``.
         head: the kind of task head (YAML: ``model.options: {head: ...}``):
 
-            * ``"linear"`` (default): each task's own head (:meth:`Task.make_head`, a linear layer
-              unless the task brings a factory);
+            * ``"linear"`` (default): each task's own head (above; a task may bring a factory);
             * ``"shared_offset"``: one linear map from the trunk's features to the output, shared
               by all tasks, plus a per-task bias (:class:`TaskOffset`);
             * ``"shared_affine"``: the same shared map, plus a per-task scale and bias.
 
-            The shared kinds are for many small tasks of one quantity (School): they need every
-            task to have the same output width and no head factory of its own. The shared map is
-            part of :meth:`encode` (it serves every task), so the representation handed to
-            :meth:`decode` is the shared prediction and decode stays task-specific only.
+            The shared kinds are for many small tasks of one quantity (School): they need vector
+            features, every task with the same output width and no head factory of its own. The
+            shared map is part of :meth:`encode` (it serves every task), so the representation
+            handed to :meth:`decode` is the shared prediction and decode stays task-specific only.
     """
 
     def __init__(
@@ -143,9 +149,11 @@ class HardSharing(MultiTaskModel):
         trunk: nn.Module,
         tasks: Sequence[Task],
         out_features: int | None = None,
-        example_input: Tensor | None = None,
+        example_input: Inputs | None = None,
         head: str = "linear",
     ) -> None:
+        from polytask.models.heads import check_head_output, make_task_head
+
         super().__init__()
         if not tasks:
             raise ValueError("a multi-task model needs at least one task")
@@ -154,19 +162,25 @@ class HardSharing(MultiTaskModel):
         self.tasks = list(tasks)
         self.trunk = trunk
         self.head_kind = head
-        width = out_features or getattr(trunk, "out_features", None)
-        if width is None:
-            if example_input is None:
-                raise ValueError(
-                    "cannot tell the trunk's output width: give out_features, an example_input, or "
-                    "a trunk with an `out_features` attribute"
-                )
-            width = infer_out_features(trunk, example_input)
-        self.out_features = int(width)
+        if out_features is not None:
+            spec = FeatureSpec("vector", int(out_features))
+        else:
+            spec = infer_feature_spec(trunk, example_input)
+        self.feature_spec = spec
+        self.out_features = spec.channels
         self.shared_head: nn.Linear | None = None
         if head == "linear":
-            self.heads = nn.ModuleDict({t.name: t.make_head(self.out_features) for t in self.tasks})
+            self.heads = nn.ModuleDict({t.name: make_task_head(t, spec) for t in self.tasks})
+            if example_input is not None and spec.kind != "vector":
+                features = _probe(trunk, example_input)
+                spec.check(features, f"trunk {type(trunk).__name__}")
+                for t in self.tasks:
+                    check_head_output(t, self.heads[t.name], features)
             return
+        if spec.kind != "vector":
+            raise ValueError(
+                f"head {head!r} needs vector features [B, D]; the trunk gives {spec.describe()}"
+            )
         dims = {t.output_dim for t in self.tasks}
         if len(dims) != 1:
             raise ValueError(f"head {head!r} needs one output width for all tasks, got {dims}")
@@ -180,12 +194,13 @@ class HardSharing(MultiTaskModel):
         scale = head == "shared_affine"
         self.heads = nn.ModuleDict({t.name: TaskOffset(dim, scale=scale) for t in self.tasks})
 
-    def encode(self, x: Tensor) -> Tensor:
+    def encode(self, x: Inputs) -> Tensor:
         rep = self.trunk(x)
-        rep = rep.reshape(rep.shape[0], -1)
+        if self.feature_spec.kind == "vector":
+            rep = rep.reshape(rep.shape[0], -1)
         return rep if self.shared_head is None else self.shared_head(rep)
 
-    def decode(self, rep: Tensor, x: Tensor) -> dict[str, Tensor]:
+    def decode(self, rep: Tensor, x: Inputs) -> dict[str, Tensor]:
         return {name: head(rep) for name, head in self.heads.items()}
 
     def shared_modules(self) -> list[nn.Module]:
@@ -196,3 +211,13 @@ class HardSharing(MultiTaskModel):
 
     def named_heads(self) -> Iterator[tuple[str, nn.Module]]:
         yield from self.heads.items()
+
+
+@torch.no_grad()
+def _probe(trunk: nn.Module, example_input: Inputs) -> Tensor:
+    was_training = trunk.training
+    trunk.eval()
+    try:
+        return trunk(slice_inputs(example_input, slice(0, min(2, batch_len(example_input)))))
+    finally:
+        trunk.train(was_training)

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from polytask.data.batch import Inputs, batch_len
 from polytask.models.base import MultiTaskModel
 from polytask.models.mmoe import clone_module, example_batch, flat_width, staged_parts
 from polytask.models.registry import register_architecture
@@ -69,7 +70,7 @@ class CrossStitch(MultiTaskModel):
         *,
         self_weight: float = 0.9,
         reinit_columns: bool = False,
-        example_input: Tensor | None = None,
+        example_input: Inputs | None = None,
     ) -> None:
         super().__init__()
         if not tasks:
@@ -92,7 +93,7 @@ class CrossStitch(MultiTaskModel):
         self.out_features = flat_width(feats[-1])
         self.heads = nn.ModuleDict({t.name: t.make_head(self.out_features) for t in self.tasks})
 
-    def encode(self, x: Tensor) -> Tensor:
+    def encode(self, x: Inputs) -> Tensor:
         """Every task's last stitched feature, flattened and concatenated: ``[B, T*D]``."""
         h0 = self.prep(x)
         names = self.task_names
@@ -100,10 +101,10 @@ class CrossStitch(MultiTaskModel):
         for j, unit in enumerate(self.units):
             feats = [self.columns[t][j](f) for t, f in zip(names, feats, strict=True)]
             feats = unit(feats)
-        b = x.shape[0]
+        b = batch_len(x)
         return torch.cat([f.reshape(b, -1) for f in feats], dim=1)
 
-    def decode(self, rep: Tensor, x: Tensor) -> dict[str, Tensor]:
+    def decode(self, rep: Tensor, x: Inputs) -> dict[str, Tensor]:
         d = self.out_features
         return {t: self.heads[t](rep[:, k * d : (k + 1) * d]) for k, t in enumerate(self.task_names)}
 
@@ -124,6 +125,6 @@ class CrossStitch(MultiTaskModel):
     "(Misra et al. 2016)",
 )
 def cross_stitch(
-    trunk: nn.Module, tasks: Sequence[Task], *, example_input: Tensor | None = None, **options: object
+    trunk: nn.Module, tasks: Sequence[Task], *, example_input: Inputs | None = None, **options: object
 ) -> CrossStitch:
     return CrossStitch(trunk, tasks, example_input=example_input, **options)  # type: ignore[arg-type]

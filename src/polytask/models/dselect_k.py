@@ -43,6 +43,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from polytask.data.batch import Inputs
 from polytask.models.mmoe import GateInputKind, MMoE
 from polytask.models.registry import register_architecture
 from polytask.tasks import Task
@@ -134,7 +135,7 @@ class DSelectK(MMoE):
         gate_input: GateInputKind | nn.Module = "auto",
         gate_stages: int = 1,
         reinit_experts: bool = True,
-        example_input: Tensor | None = None,
+        example_input: Inputs | None = None,
     ) -> None:
         if entropy_reg < 0:
             raise ValueError(f"dselect_k: entropy_reg must be >= 0, got {entropy_reg}")
@@ -178,6 +179,6 @@ class DSelectK(MMoE):
     "mixture of experts with differentiable top-k selection gates (Hazimeh et al. 2021)",
 )
 def dselect_k(
-    trunk: nn.Module, tasks: Sequence[Task], *, example_input: Tensor | None = None, **options: object
+    trunk: nn.Module, tasks: Sequence[Task], *, example_input: Inputs | None = None, **options: object
 ) -> DSelectK:
     return DSelectK(trunk, tasks, example_input=example_input, **options)  # type: ignore[arg-type]

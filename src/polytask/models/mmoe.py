@@ -39,6 +39,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from polytask.data.batch import Inputs, batch_len, move_to, slice_inputs
 from polytask.models.base import MultiTaskModel
 from polytask.models.registry import register_architecture
 from polytask.models.trunks import MLP, SmallCNN
@@ -98,8 +99,14 @@ def _device_of(module: nn.Module) -> torch.device | None:
     return None
 
 
-def example_batch(trunk: nn.Module, example_input: Tensor | None, arch: str) -> Tensor:
+def example_batch(trunk: nn.Module, example_input: Inputs | None, arch: str) -> Inputs:
     """Two rows of ``example_input``, or a zero batch for the built-in trunks."""
+    if isinstance(example_input, dict):  # several named inputs: kept as they are (ids stay ints)
+        if batch_len(example_input) < 1:
+            raise ValueError(f"{arch}: example_input must hold at least one row")
+        ex_named = slice_inputs(example_input, slice(0, 2))
+        device = _device_of(trunk)
+        return move_to(ex_named, device) if device is not None else ex_named
     if example_input is not None:
         if example_input.ndim < 2 or example_input.shape[0] < 1:
             raise ValueError(
@@ -255,7 +262,12 @@ def build_gate_input(
             )
         kind = gate_input
         if kind == "auto":
-            kind = "input" if example.ndim == 2 else "features"
+            kind = "input" if isinstance(example, Tensor) and example.ndim == 2 else "features"
+        if kind == "input" and not isinstance(example, Tensor):
+            raise ValueError(
+                f"{arch}: gate_input='input' reads one flat input tensor; with several named "
+                "inputs the gates read pooled trunk features (gate_input='features')"
+            )
         if kind == "input":
             return None, flat_width(example)
         stages = getattr(trunk, "stages", None)
@@ -320,7 +332,7 @@ class MMoE(_GateRecorder, MultiTaskModel):
         gate_input: GateInputKind | nn.Module = "auto",
         gate_stages: int = 1,
         reinit_experts: bool = True,
-        example_input: Tensor | None = None,
+        example_input: Inputs | None = None,
     ) -> None:
         super().__init__()
         if not tasks:
@@ -347,18 +359,22 @@ class MMoE(_GateRecorder, MultiTaskModel):
         return torch.softmax(self.gates[task](gate_in), dim=-1)
 
     # -- contract
-    def encode(self, x: Tensor) -> Tensor:
-        b = x.shape[0]
+    def encode(self, x: Inputs) -> Tensor:
+        b = batch_len(x)
         parts = [expert(x).reshape(b, -1) for expert in self.experts]
         if self.gate_features is not None:
             parts.append(self.gate_features(x))
         return torch.cat(parts, dim=1)
 
-    def decode(self, rep: Tensor, x: Tensor) -> dict[str, Tensor]:
+    def decode(self, rep: Tensor, x: Inputs) -> dict[str, Tensor]:
         b = rep.shape[0]
         split = self.num_experts * self.expert_width
         outs = rep[:, :split].reshape(b, self.num_experts, self.expert_width)
-        gate_in = rep[:, split:] if self.gate_features is not None else x.reshape(b, -1)
+        if self.gate_features is not None:
+            gate_in = rep[:, split:]
+        else:
+            assert isinstance(x, Tensor)  # refused at construction otherwise
+            gate_in = x.reshape(b, -1)
         result = {}
         for task in self.tasks:
             w = self._gate(task.name, gate_in.to(rep.dtype))
@@ -387,6 +403,6 @@ class MMoE(_GateRecorder, MultiTaskModel):
     "(Ma et al. 2018)",
 )
 def mmoe(
-    trunk: nn.Module, tasks: Sequence[Task], *, example_input: Tensor | None = None, **options: object
+    trunk: nn.Module, tasks: Sequence[Task], *, example_input: Inputs | None = None, **options: object
 ) -> MMoE:
     return MMoE(trunk, tasks, example_input=example_input, **options)  # type: ignore[arg-type]

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from polytask.data.batch import Inputs, batch_len
 from polytask.models.base import MultiTaskModel
 from polytask.models.mmoe import example_batch, flat_width, pool_features, staged_parts
 from polytask.models.registry import register_architecture
@@ -97,7 +98,7 @@ class MTAN(MultiTaskModel):
         tasks: Sequence[Task],
         *,
         attention_hidden: int | None = None,
-        example_input: Tensor | None = None,
+        example_input: Inputs | None = None,
     ) -> None:
         super().__init__()
         if not tasks:
@@ -121,10 +122,10 @@ class MTAN(MultiTaskModel):
         self.out_features = flat_width(feats[-1])
         self.heads = nn.ModuleDict({t.name: t.make_head(self.out_features) for t in self.tasks})
 
-    def encode(self, x: Tensor) -> Tensor:
+    def encode(self, x: Inputs) -> Tensor:
         feats = self.trunk.forward_features(x)
         self._shapes = [tuple(f.shape[1:]) for f in feats]
-        b = x.shape[0]
+        b = batch_len(x)
         return torch.cat([f.reshape(b, -1) for f in feats], dim=1)
 
     def _split(self, rep: Tensor) -> list[Tensor]:
@@ -140,7 +141,7 @@ class MTAN(MultiTaskModel):
             for part, shape in zip(rep.split(sizes, dim=1), self._shapes, strict=True)
         ]
 
-    def decode(self, rep: Tensor, x: Tensor) -> dict[str, Tensor]:
+    def decode(self, rep: Tensor, x: Inputs) -> dict[str, Tensor]:
         feats = self._split(rep)
         result = {}
         for t in self.task_names:
@@ -165,6 +166,6 @@ class MTAN(MultiTaskModel):
     "(Liu et al. 2019, simplified)",
 )
 def mtan(
-    trunk: nn.Module, tasks: Sequence[Task], *, example_input: Tensor | None = None, **options: object
+    trunk: nn.Module, tasks: Sequence[Task], *, example_input: Inputs | None = None, **options: object
 ) -> MTAN:
     return MTAN(trunk, tasks, example_input=example_input, **options)  # type: ignore[arg-type]

@@ -44,6 +44,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from polytask.data.batch import Inputs
 from polytask.models.base import MultiTaskModel
 from polytask.models.mmoe import (
     GateInputKind,
@@ -97,7 +98,7 @@ class PLE(_GateRecorder, MultiTaskModel):
         gate_stages: int = 1,
         stages_per_level: Sequence[int] | None = None,
         reinit_experts: bool = True,
-        example_input: Tensor | None = None,
+        example_input: Inputs | None = None,
     ) -> None:
         super().__init__()
         arch = self.arch_name
@@ -236,7 +237,7 @@ class PLE(_GateRecorder, MultiTaskModel):
         return {t: h.reshape(h.shape[0], -1) for t, h in task_in.items()}
 
     # ------------------------------------------------------------------ contract
-    def encode(self, x: Tensor) -> Tensor:
+    def encode(self, x: Inputs) -> Tensor:
         if self.num_levels == 1:
             parts = [self._run(e, x) for e in self.shared_experts[0]]
             if self.gate_features is not None:
@@ -245,7 +246,7 @@ class PLE(_GateRecorder, MultiTaskModel):
         finals = self._forward_all(x)
         return torch.cat([finals[t] for t in self.task_names], dim=1)
 
-    def decode(self, rep: Tensor, x: Tensor) -> dict[str, Tensor]:
+    def decode(self, rep: Tensor, x: Inputs) -> dict[str, Tensor]:
         b = rep.shape[0]
         d = self.out_width
         if self.num_levels == 1:
@@ -297,7 +298,7 @@ class CGC(PLE):
         gate_input: GateInputKind | nn.Module = "auto",
         gate_stages: int = 1,
         reinit_experts: bool = True,
-        example_input: Tensor | None = None,
+        example_input: Inputs | None = None,
     ) -> None:
         super().__init__(
             trunk,
@@ -318,7 +319,7 @@ class CGC(PLE):
     "(Tang et al. 2020, single-level PLE)",
 )
 def cgc(
-    trunk: nn.Module, tasks: Sequence[Task], *, example_input: Tensor | None = None, **options: object
+    trunk: nn.Module, tasks: Sequence[Task], *, example_input: Inputs | None = None, **options: object
 ) -> CGC:
     return CGC(trunk, tasks, example_input=example_input, **options)  # type: ignore[arg-type]
 
@@ -329,6 +330,6 @@ def cgc(
     "between levels (Tang et al. 2020)",
 )
 def ple(
-    trunk: nn.Module, tasks: Sequence[Task], *, example_input: Tensor | None = None, **options: object
+    trunk: nn.Module, tasks: Sequence[Task], *, example_input: Inputs | None = None, **options: object
 ) -> PLE:
     return PLE(trunk, tasks, example_input=example_input, **options)  # type: ignore[arg-type]

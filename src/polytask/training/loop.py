@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from polytask.balancing.base import Balancer
 from polytask.balancing.engine import Communicator, GradientEngine
-from polytask.data.base import Batch, MultiTaskData, Splits, iterate_batches
+from polytask.data.base import Batch, Splits, TaskData
+from polytask.data.batch import move_to
 from polytask.evaluation.metrics import EvaluationError, delta_m, evaluate, mean_primary
 from polytask.models.base import MultiTaskModel
 from polytask.tasks import Task
@@ -181,7 +182,7 @@ def fit(
     scheduler = _scheduler(optimizer, s)
     engine = GradientEngine(
         model, tasks, balancer, mode=s.engine, chunk_size=s.chunk_size, communicator=comm,
-        dist_mode=s.dist_mode, seed=s.seed, amp=s.amp and device.type == "cuda",
+        dist_mode=s.dist_mode, seed=s.seed, amp=s.amp,
     )
     last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
     start_epoch, step = 0, 0
@@ -204,7 +205,8 @@ def fit(
         run_dir, model.task_names, keep_through_epoch=start_epoch - 1,
         tensorboard=s.tensorboard and is_main,
     )
-    train_data: MultiTaskData = splits.train
+    train_data: TaskData = splits.train
+    non_blocking = device.type == "cuda"
     started = time.perf_counter()
     bar = tqdm(range(start_epoch, s.epochs), disable=not (s.progress and is_main), desc="epochs")
     epoch = start_epoch - 1
@@ -215,14 +217,15 @@ def fit(
         if train_source is not None:
             batches = train_source.batches(s.batch_size, generator, epoch, comm.rank, comm.world_size)
         else:
-            batches = iterate_batches(
-                train_data, s.batch_size, shuffle=True, generator=generator,
+            batches = train_data.batches(
+                s.batch_size, shuffle=True, generator=generator,
                 rank=comm.rank, world_size=comm.world_size,
             )
         loss_sum = torch.zeros(len(tasks), dtype=torch.float64)
         loss_n = torch.zeros(len(tasks), dtype=torch.float64)
         for x, y in batches:
-            x, y = x.to(device), {k: v.to(device) for k, v in y.items()}
+            x = move_to(x, device, non_blocking)
+            y = {k: v.to(device, non_blocking=non_blocking) for k, v in y.items()}
             optimizer.zero_grad(set_to_none=True)
             out = engine.backward(x, y, step, epoch)
             if out is None:

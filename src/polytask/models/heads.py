@@ -1,0 +1,119 @@
+"""Task heads, chosen from the pair (task, trunk feature spec).
+
+=================  ================================================  ==============================
+task layout        vector ``[B, D]``                                 map ``[B, C, H, W]`` /
+                                                                     sequence ``[B, L, D]``
+=================  ================================================  ==============================
+``sample``         linear                                            pool (mean / CLS), then linear
+``dense``          refused                                           map: upsampling decoder
+                                                                     (:class:`DenseDecoder`)
+``token``          refused                                           sequence: linear per position
+=================  ================================================  ==============================
+
+A task's *layout* says what one target is: one value per sample (every classification and
+regression of a table or an image), one per pixel (segmentation, depth) or one per token. A task
+that brings its own head factory (``Task.head``) gets the trunk's width and the features as they
+are. A pair with no head raises before any training, naming the task and the feature spec.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from polytask.models.features import FeatureSpec, pool_to_vector
+from polytask.tasks import Task
+
+__all__ = ["DenseDecoder", "HeadError", "PooledHead", "TokenHead", "make_task_head", "task_layout"]
+
+
+class HeadError(ValueError):
+    """No head can read this trunk's features for this task."""
+
+
+def task_layout(task: Task) -> str:
+    return str(getattr(task, "layout", "sample"))
+
+
+class PooledHead(nn.Module):
+    """Pool a feature map (global average) or a sequence (CLS / mean), then a linear layer."""
+
+    def __init__(self, spec: FeatureSpec, out_features: int) -> None:
+        super().__init__()
+        self.spec = spec
+        self.linear = nn.Linear(spec.channels, out_features)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.linear(pool_to_vector(features, self.spec))
+
+
+class TokenHead(nn.Module):
+    """One prediction per position of a sequence ``[B, L, D] -> [B, L, out]``."""
+
+    def __init__(self, spec: FeatureSpec, out_features: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(spec.channels, out_features)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.linear(features)
+
+
+class DenseDecoder(nn.Module):
+    """A small upsampling decoder ``[B, C, h, w] -> [B, out, h*stride, w*stride]``.
+
+    The shape of the per-task decoders of LibMTL's and MTAN's dense benchmarks: 3x3 conv + ReLU at
+    the features' resolution, a 1x1 projection to the task's channels, then bilinear upsampling by
+    the trunk's stride, so the output matches the input image's size (the targets' size).
+    """
+
+    def __init__(self, spec: FeatureSpec, out_features: int, hidden: int | None = None) -> None:
+        super().__init__()
+        width = hidden or max(16, min(256, spec.channels))
+        self.stride = spec.stride
+        self.body = nn.Sequential(
+            nn.Conv2d(spec.channels, width, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, out_features, 1),
+        )
+
+    def forward(self, features: Tensor) -> Tensor:
+        out = self.body(features)
+        if self.stride == 1:
+            return out
+        size = (features.shape[-2] * self.stride, features.shape[-1] * self.stride)
+        return F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+
+
+def make_task_head(task: Task, spec: FeatureSpec) -> nn.Module:
+    """The head of ``task`` on features described by ``spec``; :class:`HeadError` if none fits."""
+    if task.head is not None:
+        return task.head(spec.channels)
+    layout = task_layout(task)
+    out = task.output_dim
+    if layout == "sample":
+        if spec.kind == "vector":
+            return nn.Linear(spec.channels, out)
+        return PooledHead(spec, out)
+    if layout == "dense" and spec.kind == "map":
+        return DenseDecoder(spec, out)
+    if layout == "token" and spec.kind == "sequence":
+        return TokenHead(spec, out)
+    needs = {"dense": "a feature map [B, C, H, W]", "token": "a token sequence [B, L, D]"}
+    raise HeadError(
+        f"task {task.name!r} ({layout} targets) needs {needs.get(layout, 'other features')}, but "
+        f"the trunk gives {spec.describe()}; use a trunk with output='map' / a sequence "
+        "encoder, or give the task its own head"
+    )
+
+
+@torch.no_grad()
+def check_head_output(task: Task, head: nn.Module, features: Tensor) -> None:
+    """One forward of ``head`` on example ``features``: a clear error if it fails."""
+    try:
+        head(features)
+    except RuntimeError as err:
+        raise HeadError(
+            f"task {task.name!r}: its head cannot read the trunk's features of shape "
+            f"{list(features.shape)}: {err}"
+        ) from None
