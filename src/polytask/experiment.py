@@ -32,7 +32,8 @@ import torch
 from polytask.balancing import create_balancer
 from polytask.balancing.engine import Communicator
 from polytask.config import ConfigError, ExperimentConfig, ModelConfig, SamplingConfig
-from polytask.data.base import DataError, MultiTaskData, Splits
+from polytask.data.base import DataError, MultiTaskData, Splits, TaskData
+from polytask.data.batch import Inputs
 from polytask.data.multisource import MultiSourceData, MultiSourceSplits
 from polytask.data.sampling import MultiSourceBatches
 from polytask.evaluation.metrics import SUMMARY_METRICS
@@ -127,13 +128,10 @@ def _keep_tasks(splits: Splits, names: list[str], where: str) -> Splits:
         raise ConfigError(f"{where}: unknown task(s) {unknown}; the data set has {known}")
     tasks = [t for t in splits.tasks if t.name in names]
 
-    def keep(data: MultiTaskData) -> MultiTaskData:
-        return MultiTaskData(
-            inputs=data.inputs, targets={t.name: data.targets[t.name] for t in tasks},
-            tasks=tasks, name=data.name, row_ids=data.row_ids, info=data.info,
-        )
-
-    return Splits(keep(splits.train), keep(splits.val), keep(splits.test), info=splits.info)
+    return Splits(
+        splits.train.with_tasks(tasks), splits.val.with_tasks(tasks),
+        splits.test.with_tasks(tasks), info=splits.info,
+    )
 
 
 def train_source(
@@ -170,17 +168,24 @@ def train_source(
 def build_model(
     config: ExperimentConfig,
     tasks: list[Task],
-    example: torch.Tensor,
+    example: Inputs,
     model: ModelConfig | None = None,
 ) -> MultiTaskModel:
-    """Trunk and architecture (``model``, default the config's first); ``in_features`` from data."""
+    """Trunk and architecture (``model``, default the config's first); ``in_features`` from data.
+
+    A trunk whose factory takes ``in_features`` gets the width of one flattened input row (for
+    named inputs, :func:`polytask.models.multi_input` trunks take each input's width the same way).
+    """
     m = model or config.model_list[0]
     trunk_options = dict(m.trunk_options)
     from polytask.models.registry import _TRUNKS
 
     factory = _TRUNKS[m.trunk][0] if m.trunk in _TRUNKS else None
-    if factory is not None and "in_features" in inspect.signature(factory).parameters:
+    params = inspect.signature(factory).parameters if factory is not None else {}
+    if "in_features" in params and isinstance(example, torch.Tensor):
         trunk_options.setdefault("in_features", int(example[0].numel()))
+    if "example_input" in params:
+        trunk_options.setdefault("example_input", example)
     trunk = create_trunk(m.trunk, **trunk_options)
     return create_model(m.architecture, trunk, tasks, example_input=example, **m.options)
 
@@ -188,14 +193,12 @@ def build_model(
 def single_task_splits(splits: Splits, task: Task) -> Splits:
     """The rows labelled for ``task``, with that task only."""
 
-    def keep(data: MultiTaskData) -> MultiTaskData:
+    def keep(data: TaskData) -> TaskData:
         mask = task.label_mask(data.targets[task.name])
         rows = mask.reshape(len(data), -1).any(dim=1).nonzero().flatten()
-        sub = data.subset(rows)
-        return MultiTaskData(
-            inputs=sub.inputs, targets={task.name: sub.targets[task.name]}, tasks=[task],
-            name=f"{data.name}[{task.name}]", row_ids=sub.row_ids, info=data.info,
-        )
+        sub = data.subset(rows).with_tasks([task])
+        sub.name = f"{data.name}[{task.name}]"
+        return sub
 
     return Splits(keep(splits.train), keep(splits.val), keep(splits.test), info=splits.info)
 
@@ -325,7 +328,7 @@ def _train_stl(
             sub = Splits(own.to_multitask("train"), sub.val, sub.test, info=sub.info)
             source = train_source(config, own, subset=True)
         torch.manual_seed(seed)
-        model = build_model(config, [task], sub.train.inputs[:2], config.baseline_model)
+        model = build_model(config, [task], sub.train.example(), config.baseline_model)
         balancer = create_balancer("equal", [task.name])
         settings = config.training.settings(
             seed, balancer="equal", architecture=config.baseline_model.architecture
@@ -422,7 +425,7 @@ def run_experiment(
                 label = _run_label(config, mc, bc.display)
                 log(f"training {label} (seed {seed})")
                 torch.manual_seed(seed)
-                model = build_model(config, tasks, splits.train.inputs[:2], mc)
+                model = build_model(config, tasks, splits.train.example(), mc)
                 balancer = create_balancer(
                     bc.name, [t.name for t in tasks],
                     task_weights={t.name: t.weight for t in tasks}, **bc.options,

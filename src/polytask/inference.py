@@ -62,7 +62,7 @@ class LoadedRun:
         for t, saved in zip(splits.tasks, self.tasks, strict=True):
             if t.name != saved.name:
                 raise ValueError(f"data tasks {splits.tasks} differ from the run's {self.tasks}")
-        model = self._model(splits.train.inputs[:2])
+        model = self._model(splits.train.example())
         return {
             split: evaluate(model, self.tasks, getattr(splits, split))[0] for split in ("val", "test")
         }

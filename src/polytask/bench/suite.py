@@ -707,7 +707,7 @@ class _Pair:
 
         splits = self.splits(seed)
         torch.manual_seed(seed)
-        model = build_model(config, splits.tasks, splits.train.inputs[:2])
+        model = build_model(config, splits.tasks, splits.train.example())
         settings = config.training.settings(
             seed, balancer=balancer, architecture=config.model.architecture
         )
