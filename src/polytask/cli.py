@@ -27,6 +27,13 @@ def _fail(err: Exception) -> None:
     raise typer.Exit(code=2)
 
 
+_RESUME_HELP = (
+    "Continue the runs already in the run directory: finished ones are read back, interrupted "
+    "ones continue exactly from checkpoints/last.pt."
+)
+_OVERWRITE_HELP = "Start over runs that already exist in the run directory (deletes them)."
+
+
 def _print_result(result: Any) -> None:
     from polytask.experiment import format_table
 
@@ -89,12 +96,26 @@ def fit_table(
     stl: Annotated[bool, typer.Option(help="Also train single-task baselines and report Δm%.")] = True,
     seed: Annotated[int, typer.Option(help="Random seed (split and initialisation).")] = 0,
     out: Annotated[Path | None, typer.Option(help="Run directory.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help=_RESUME_HELP)] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=_OVERWRITE_HELP)] = False,
+    images: Annotated[
+        Path | None,
+        typer.Option(help="Folder of images; TABLE is then a CSV whose first column is the "
+                     "image path (relative to this folder) and whose other columns are labels."),
+    ] = None,
+    image_size: Annotated[
+        int | None, typer.Option(help="With --images: resize and centre-crop to this size.")
+    ] = None,
+    flip: Annotated[bool, typer.Option(help="With --images: random horizontal flips.")] = False,
+    workers: Annotated[int, typer.Option(help="With --images: DataLoader worker processes.")] = 0,
+    width: Annotated[int, typer.Option(help="With --images: width of the ResNet trunk.")] = 16,
 ) -> None:
-    """Train a shared MLP on a table with several target columns.
+    """Train a shared model on a table with several target columns (or on images + labels).
 
     Each target's kind is inferred from its column (floats -> regression, two values -> binary,
     a few integers or strings -> multiclass) unless --kind says otherwise; empty cells are missing
-    labels. Rows are split 80/10/10 into train/validation/test.
+    labels. Rows are split 80/10/10 into train/validation/test. A table trains an MLP; with
+    --images the images are read lazily from disk through a DataLoader and train a ResNet-10.
     """
     from polytask.config import parse_config
     from polytask.experiment import run_experiment
@@ -105,22 +126,31 @@ def fit_table(
         if not sep:
             _fail(ValueError(f"--kind expects COLUMN=KIND, got {item!r}"))
         kinds[col] = value
+    data: dict[str, Any] = {"table": str(table), "targets": target, "kinds": kinds}
+    model: dict[str, Any] = {
+        "trunk": "mlp", "trunk_options": {"hidden": [int(h) for h in hidden.split(",") if h]}
+    }
+    if images is not None:
+        transforms: dict[str, Any] = {"flip": flip}
+        if image_size is not None:
+            transforms.update(resize=image_size, crop=image_size)
+        data.update(images=str(images), options={"transforms": transforms, "num_workers": workers})
+        model = {"trunk": "resnet", "trunk_options": {"depth": 10, "width": width}}
     try:
         config = parse_config(
             {
                 "name": table.stem,
-                "data": {"table": str(table), "targets": target, "kinds": kinds},
-                "model": {
-                    "trunk": "mlp",
-                    "trunk_options": {"hidden": [int(h) for h in hidden.split(",") if h]},
-                },
+                "data": data,
+                "model": model,
                 "balancers": [{"name": b} for b in (balancer or ["equal"])],
                 "training": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "progress": False},
                 "baselines": {"stl": stl},
                 "seeds": [seed],
             }
         )
-        result = run_experiment(config, out or Path("runs") / table.stem, log=_echo)
+        result = run_experiment(
+            config, out or Path("runs") / table.stem, log=_echo, resume=resume, overwrite=overwrite
+        )
     except (ValueError, RuntimeError, ImportError, KeyError) as err:
         _fail(err)
     _print_result(result)
@@ -133,21 +163,50 @@ def train(
     nproc: Annotated[
         int, typer.Option(help="Processes for torch.distributed (gloo on CPU, nccl on GPU).")
     ] = 1,
+    resume: Annotated[bool, typer.Option("--resume", help=_RESUME_HELP)] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=_OVERWRITE_HELP)] = False,
 ) -> None:
     """Run the experiment described by a YAML config (see examples/)."""
     from polytask.config import load_config
     from polytask.experiment import run_experiment
 
     if nproc > 1:
+        _before_launch(config_path, out, resume, overwrite)
         from polytask.training.distributed import launch
 
         raise typer.Exit(code=launch(config_path, nproc, out))
     try:
         config = load_config(config_path)
-        result = run_experiment(config, out, log=_echo)
+        result = run_experiment(config, out, log=_echo, resume=resume, overwrite=overwrite)
     except (ValueError, RuntimeError, ImportError, KeyError) as err:
         _fail(err)
     _print_result(result)
+
+
+def _before_launch(config_path: Path, out: Path | None, resume: bool, overwrite: bool) -> None:
+    """What ``run_experiment`` checks first, done before torchrun starts the workers.
+
+    The workers train the single-task baselines before ``run_experiment`` runs, and a rank that
+    fails alone leaves the others waiting: so typos and existing runs are refused here. Resuming
+    needs every rank to load the same checkpoints, which the launcher does not do yet.
+    """
+    import shutil
+
+    from polytask.config import load_config
+    from polytask.experiment import check_run_dirs
+    from polytask.validation import validate_components
+
+    try:
+        if resume:
+            raise ValueError("--resume is not supported with --nproc > 1 yet; resume with --nproc 1")
+        config = load_config(config_path)
+        validate_components(config)
+        target = out if out is not None else Path(config.output_dir) / config.name
+        for run_dir in check_run_dirs(config, target, overwrite=overwrite):
+            _echo(f"overwriting the run in {run_dir}")
+            shutil.rmtree(run_dir)
+    except ValueError as err:
+        _fail(err)
 
 
 @app.command()

@@ -76,6 +76,7 @@ class DataConfig(_Strict):
     sources: list[SourceConfig] | None = Field(None, min_length=1)
     options: dict[str, Any] = Field(default_factory=dict)
     table: str | None = None
+    images: str | None = None
     targets: list[str] = Field(default_factory=list)
     kinds: dict[str, Literal["binary", "multiclass", "multilabel", "regression"]] = Field(
         default_factory=dict
@@ -94,6 +95,11 @@ class DataConfig(_Strict):
                 raise ValueError(f"source names must be unique, got {names}; set 'name'")
         if self.table is not None and not self.targets:
             raise ValueError("a table needs at least one entry in 'targets'")
+        if self.images is not None and self.table is None:
+            raise ValueError(
+                "'images' is the folder of the files listed in 'table' (a CSV whose first column "
+                "is the image path); give 'table' too"
+            )
         return self
 
 

@@ -39,15 +39,20 @@ from polytask.data.sampling import MultiSourceBatches
 from polytask.evaluation.metrics import SUMMARY_METRICS
 from polytask.models import create_model, create_trunk
 from polytask.models.base import MultiTaskModel
+from polytask.paths import safe_name
 from polytask.tasks import Task
 from polytask.training import TrainSettings, fit
+from polytask.validation import validate_components
 
 __all__ = [
     "ExperimentResult",
+    "RunDirectoryError",
     "build_model",
+    "check_run_dirs",
     "compute_summary_metrics",
     "load_data",
     "load_sources",
+    "run_dir_name",
     "run_experiment",
     "single_task_sources",
     "single_task_splits",
@@ -84,6 +89,13 @@ def load_sources(config: ExperimentConfig, seed: int) -> tuple[Splits, MultiSour
 
     d = config.data
     split_seed = d.split_seed if d.split_seed is not None else seed
+    if d.table is not None and d.images is not None:
+        from polytask.data.image_table import load_image_table
+
+        return load_image_table(
+            d.table, d.images, targets=d.targets, kinds=d.kinds or None, seed=split_seed,
+            **d.options,
+        ), None
     if d.table is not None:
         splits = load_table(
             d.table, targets=d.targets, kinds=d.kinds or None, features=d.features,
@@ -170,11 +182,14 @@ def build_model(
     tasks: list[Task],
     example: Inputs,
     model: ModelConfig | None = None,
+    data_info: dict[str, Any] | None = None,
 ) -> MultiTaskModel:
     """Trunk and architecture (``model``, default the config's first); ``in_features`` from data.
 
     A trunk whose factory takes ``in_features`` gets the width of one flattened input row (for
     named inputs, :func:`polytask.models.multi_input` trunks take each input's width the same way).
+    A trunk whose factory takes ``cardinalities`` (``tabular``) gets ``data_info["cardinalities"]``
+    (the splits' ``info``): category counts come from the preprocessing, not from example rows.
     """
     m = model or config.model_list[0]
     trunk_options = dict(m.trunk_options)
@@ -186,6 +201,10 @@ def build_model(
         trunk_options.setdefault("in_features", int(example[0].numel()))
     if "example_input" in params:
         trunk_options.setdefault("example_input", example)
+    if "cardinalities" in params and data_info and "cardinalities" in data_info:
+        trunk_options.setdefault("cardinalities", list(data_info["cardinalities"]))
+    if "in_channels" in params and isinstance(example, torch.Tensor) and example.ndim == 4:
+        trunk_options.setdefault("in_channels", int(example.shape[1]))
     trunk = create_trunk(m.trunk, **trunk_options)
     return create_model(m.architecture, trunk, tasks, example_input=example, **m.options)
 
@@ -318,7 +337,7 @@ def _train_stl(
     key = _hash(payload)
     cached = cache_dir() / "stl" / key
     label = f"stl:{task.name}"
-    target = out_dir / f"stl-{task.name}-seed{seed}"
+    target = out_dir / f"stl-{safe_name(task.name)}-seed{seed}"
     if not (cached / "results.json").exists():
         log(f"training single-task baseline for {task.name!r} (seed {seed})")
         sub = single_task_splits(splits, task)
@@ -328,7 +347,7 @@ def _train_stl(
             sub = Splits(own.to_multitask("train"), sub.val, sub.test, info=sub.info)
             source = train_source(config, own, subset=True)
         torch.manual_seed(seed)
-        model = build_model(config, [task], sub.train.example(), config.baseline_model)
+        model = build_model(config, [task], sub.train.example(), config.baseline_model, sub.info)
         balancer = create_balancer("equal", [task.name])
         settings = config.training.settings(
             seed, balancer="equal", architecture=config.baseline_model.architecture
@@ -388,14 +407,27 @@ def run_experiment(
     log: Callable[[str], None] = print,
     splits_override: Splits | None = None,
     communicator: Communicator | None = None,
+    report: bool = True,
+    resume: bool = False,
+    overwrite: bool = False,
 ) -> ExperimentResult:
     """Train every configured balancer for every seed (plus STL baselines) and write a report.
+
+    Every component name and option is checked first (:func:`validate_components`), so a typo
+    fails before anything trains. A run directory that already holds a run is refused unless
+    ``resume`` (finished runs are read back, interrupted ones continue exactly from their
+    ``checkpoints/last.pt``) or ``overwrite`` (it is emptied and trained again) is given.
+
+    ``report=False`` writes ``summary.json`` but not ``report.html`` (its plots take seconds, which
+    dominates small runs from Python; ``polytask report DIR`` renders it later from the files).
 
     ``communicator`` (torch.distributed, see :mod:`polytask.training.distributed`) is handed to
     the multi-task runs only; single-task baselines always train single-process (each rank that
     calls this trains or reads the same ones from the cache).
     """
+    validate_components(config, check_data=splits_override is None)
     out = Path(out_dir or Path(config.output_dir) / config.name)
+    check_run_dirs(config, out, resume=resume, overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(config.to_yaml())
     result: ExperimentResult | None = None
@@ -423,9 +455,17 @@ def run_experiment(
         for mc in config.model_list:
             for bc in config.balancers:
                 label = _run_label(config, mc, bc.display)
-                log(f"training {label} (seed {seed})")
+                run_dir = out / run_dir_name(label, seed)
+                done = _finished_run(config, run_dir, label, seed) if resume else None
+                if done is not None:
+                    log(f"{label} (seed {seed}) already finished in {run_dir}: read back")
+                    result.runs.append(done)
+                    continue
+                _clear_for_start(run_dir, resume, overwrite, log)
+                resuming = resume and (run_dir / "checkpoints" / "last.pt").exists()
+                log(f"{'resuming' if resuming else 'training'} {label} (seed {seed})")
                 torch.manual_seed(seed)
-                model = build_model(config, tasks, splits.train.example(), mc)
+                model = build_model(config, tasks, splits.train.example(), mc, splits.info)
                 balancer = create_balancer(
                     bc.name, [t.name for t in tasks],
                     task_weights={t.name: t.weight for t in tasks}, **bc.options,
@@ -433,12 +473,12 @@ def run_experiment(
                 settings: TrainSettings = config.training.settings(
                     seed, balancer=bc.name, architecture=mc.architecture
                 )
-                run_dir = out / f"{label}-seed{seed}"
                 run_dir.mkdir(parents=True, exist_ok=True)
                 (run_dir / "config.yaml").write_text(_run_config(config, mc).to_yaml())
                 fitted = fit(
                     model, splits, balancer, settings, run_dir, train_source=source,
                     stl_val=stl_val, stl_test=stl_test, communicator=communicator,
+                    resume=resuming,
                 )
                 summary = compute_summary_metrics(config, model, splits) if config.summary_metrics else {}
                 if summary and (run_dir / "results.json").exists():
@@ -453,7 +493,7 @@ def run_experiment(
                     )
                 )
     assert result is not None
-    _write_summary(config, result)
+    _write_summary(config, result, report)
     return result
 
 
@@ -465,7 +505,129 @@ def _run_config(config: ExperimentConfig, model: ModelConfig) -> ExperimentConfi
     return config.model_copy(update={"model": model, "models": None, "baselines": baselines})
 
 
-def _write_summary(config: ExperimentConfig, result: ExperimentResult) -> None:
+class RunDirectoryError(ValueError):
+    """A run directory that already holds a run, and neither resume nor overwrite was asked."""
+
+
+# Settings that change what a run shows, never what it computes: a resumed run may differ in them.
+_RESUME_IGNORES = ("training.progress", "training.tensorboard")
+
+
+def run_dir_name(label: str, seed: int) -> str:
+    """The folder of one multi-task run; the label may come from data or a config, so made safe."""
+    return f"{safe_name(label)}-seed{seed}"
+
+
+def _holds_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` has checkpoints or results that starting over would destroy."""
+    return (run_dir / "results.json").exists() or any((run_dir / "checkpoints").glob("*.pt"))
+
+
+def planned_run_dirs(config: ExperimentConfig, out: Path) -> list[tuple[Path, ModelConfig]]:
+    """Every multi-task run directory ``run_experiment(config, out)`` writes, with its model."""
+    return [
+        (out / run_dir_name(_run_label(config, mc, bc.display), seed), mc)
+        for seed in config.seeds
+        for mc in config.model_list
+        for bc in config.balancers
+    ]
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def _config_changes(run_dir: Path, config: ExperimentConfig) -> list[str]:
+    """Keys whose value differs between the run's saved ``config.yaml`` and ``config``."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        return []
+    saved = _flat(yaml.safe_load(path.read_text()) or {})
+    now = _flat(config.model_dump(mode="json"))
+    keys = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    return [k for k in keys if k not in _RESUME_IGNORES]
+
+
+def check_run_dirs(
+    config: ExperimentConfig, out: Path, *, resume: bool = False, overwrite: bool = False
+) -> list[Path]:
+    """Refuse to start over runs that exist; return the run directories that already hold one.
+
+    Without ``resume`` or ``overwrite``, any run directory of ``config`` under ``out`` holding
+    checkpoints or results raises :class:`RunDirectoryError` naming each. With ``resume``, a run
+    whose saved configuration differs from ``config`` (display settings aside) is refused too:
+    continuing it would mix two experiments in one run.
+    """
+    if resume and overwrite:
+        raise RunDirectoryError("resume and overwrite exclude each other: choose one")
+    existing = [(d, mc) for d, mc in planned_run_dirs(config, out) if _holds_run(d)]
+    if existing and not (resume or overwrite):
+        names = "\n".join(f"  {d}" for d, _ in existing)
+        raise RunDirectoryError(
+            f"{len(existing)} run director{'y holds' if len(existing) == 1 else 'ies hold'} a "
+            f"run already (checkpoints or results):\n{names}\npass --resume to continue "
+            "(finished runs are read back, interrupted ones continue from checkpoints/last.pt) or "
+            "--overwrite to start over (resume=True / overwrite=True from Python), or choose "
+            "another --out"
+        )
+    if resume:
+        changed = [(d, _config_changes(d, _run_config(config, mc))) for d, mc in existing]
+        changed = [(d, keys) for d, keys in changed if keys]
+        if changed:
+            lines = "\n".join(f"  {d}: {', '.join(keys)}" for d, keys in changed)
+            raise RunDirectoryError(
+                "cannot resume: the configuration differs from the one these runs were started "
+                f"with (key paths listed):\n{lines}\nrestore it, or pass --overwrite to start over"
+            )
+    return [d for d, _ in existing]
+
+
+def _finished_run(
+    config: ExperimentConfig, run_dir: Path, label: str, seed: int
+) -> RunRecord | None:
+    """The record of a run that already finished in ``run_dir`` (resume), or ``None``.
+
+    A run counts as finished when ``results.json`` is there, with its summary metrics when the
+    config asks for them (they are added after training: a kill in between leaves them out, and
+    the run is then finished again from its last checkpoint).
+    """
+    path = run_dir / "results.json"
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    summary = saved.get("summary_metrics", {})
+    if config.summary_metrics and not summary:
+        return None
+    return RunRecord(
+        label=label, kind="mtl", seed=seed, run_dir=run_dir, val=saved["val"], test=saved["test"],
+        delta_m=saved.get("delta_m"), time_s=float(saved.get("time_s", 0.0)), summary=summary,
+    )
+
+
+def _clear_for_start(run_dir: Path, resume: bool, overwrite: bool, log: Callable[[str], None]) -> None:
+    """Empty ``run_dir`` when its run starts over: with ``overwrite``, or resume without last.pt.
+
+    A stale ``best.pt`` left in place would be reloaded as the selected model of the new run if
+    no epoch of it ever scored (a NaN selection score), so nothing of the old run may remain.
+    """
+    if not run_dir.exists():
+        return
+    if overwrite and _holds_run(run_dir):
+        log(f"overwriting the run in {run_dir}")
+        shutil.rmtree(run_dir)
+    elif resume and not (run_dir / "checkpoints" / "last.pt").exists() and _holds_run(run_dir):
+        log(f"{run_dir} has no checkpoints/last.pt to resume from; starting it over")
+        shutil.rmtree(run_dir)
+
+
+def _write_summary(config: ExperimentConfig, result: ExperimentResult, report: bool = True) -> None:
     from polytask.training.loop import _jsonable
 
     summary = {
@@ -495,6 +657,8 @@ def _write_summary(config: ExperimentConfig, result: ExperimentResult) -> None:
         ],
     }
     (result.out_dir / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2))
+    if not report:
+        return
     from polytask.report import write_report
 
     write_report(result.out_dir)

@@ -15,6 +15,14 @@ Rules, chosen so that nothing is guessed silently:
 * String features are one-hot encoded with categories learned on the training split only; a value
   unseen in training becomes an all-zero block and is counted in ``info["unseen_categories"]``. A
   missing string cell is its own category, ``"<missing>"``.
+* With ``categorical_encoding="embedding"`` they are instead integer *codes* for learned embedding
+  tables (:class:`polytask.models.tabular.TabularTrunk`, as recommendation MTL models such as
+  MMoE / PLE use): inputs become ``{"numeric": float [N, F], "categorical": long [N, C]}``, the
+  training split's categories of each column are coded ``1..k`` in sorted order, and code
+  :data:`UNKNOWN_CODE` (``0``) is the *unknown* row, shared by categories unseen in training and
+  missing cells (both mean "no known category"; a zero-initialised row that only missing training
+  cells train, so an unseen value starts as a neutral vector, like one-hot's all-zero block).
+  ``info["cardinalities"]`` gives each column's number of codes ``k + 1`` (its embedding rows).
 * Numeric features are standardized with training statistics only (a constant column keeps std 1).
 * A target's kind is taken from ``kinds`` or inferred by :func:`infer_kind`.
 """
@@ -24,6 +32,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,20 +44,27 @@ import torch
 from torch import Tensor
 
 from polytask.data.base import DataError, MultiTaskData, Splits
+from polytask.data.batch import Inputs
 from polytask.tasks import Task
 
 __all__ = [
+    "CATEGORICAL_ENCODINGS",
     "MAX_CLASSES",
     "MISSING_CATEGORY",
+    "UNKNOWN_CODE",
     "LabelEncoding",
     "TablePreprocessor",
     "infer_kind",
     "load_table",
     "read_table",
+    "resolve_target_kinds",
+    "table_splits",
 ]
 
 MAX_CLASSES = 20
 MISSING_CATEGORY = "<missing>"
+UNKNOWN_CODE = 0
+CATEGORICAL_ENCODINGS = ("onehot", "embedding")
 _KINDS = ("binary", "multiclass", "regression")
 _SPLIT_NAMES = {
     "train": "train",
@@ -241,9 +257,12 @@ class TablePreprocessor:
         features: feature columns; ``None`` means every column except the targets at fit time.
         categorical: columns to one-hot encode even though they hold numbers (e.g. codes).
         targets: target column -> kind; their encodings are learned by :meth:`fit_targets`.
+        categorical_encoding: ``"onehot"`` (one float tensor) or ``"embedding"`` (a dict of
+            standardized numeric features and integer codes for embedding tables; see the module
+            docstring).
 
     Numeric columns are standardized with the means / standard deviations of the table given to
-    :meth:`fit`; other columns are one-hot encoded with the categories seen there. After
+    :meth:`fit`; other columns are one-hot encoded (or coded) with the categories seen there. After
     :meth:`transform`, ``unseen_`` counts, per column, the rows whose category was not seen in fit.
     """
 
@@ -252,7 +271,14 @@ class TablePreprocessor:
         features: Sequence[str] | None = None,
         categorical: Sequence[str] | None = None,
         targets: Mapping[str, str] | None = None,
+        categorical_encoding: str = "onehot",
     ) -> None:
+        if categorical_encoding not in CATEGORICAL_ENCODINGS:
+            raise DataError(
+                f"categorical_encoding must be one of {CATEGORICAL_ENCODINGS}, got "
+                f"{categorical_encoding!r}"
+            )
+        self.categorical_encoding = categorical_encoding
         self.features: list[str] | None = None if features is None else [str(f) for f in features]
         self.force_categorical: list[str] = [str(c) for c in (categorical or [])]
         self.target_kinds: dict[str, str] = dict(targets or {})
@@ -302,7 +328,10 @@ class TablePreprocessor:
                     self._reject_typo_numbers(series, col)
                 self.categorical_.append(col)
                 codes, labels = self._string_codes(series)
-                self.categories_[col] = sorted({labels[c] for c in np.unique(codes)})
+                cats = {labels[c] for c in np.unique(codes)}
+                if self.categorical_encoding == "embedding":
+                    cats.discard(MISSING_CATEGORY)  # missing cells take the unknown code
+                self.categories_[col] = sorted(cats)
         self.fitted_ = True
         return self
 
@@ -365,24 +394,66 @@ class TablePreprocessor:
     # -------------------------------------------------------------------------- transforming
     @property
     def feature_names(self) -> list[str]:
-        """Output column names: numeric columns, then ``column=category`` one-hot columns."""
+        """Output column names: numeric columns, then ``column=category`` one-hot columns.
+
+        With the embedding encoding: the numeric columns (``inputs["numeric"]``), then the
+        categorical columns (``inputs["categorical"]``, one code column each).
+        """
         names = list(self.numeric_)
+        if self.categorical_encoding == "embedding":
+            return names + list(self.categorical_)
         for col in self.categorical_:
             names.extend(f"{col}={c}" for c in self.categories_[col])
         return names
 
-    def transform(self, df: pd.DataFrame) -> Tensor:
-        """``float32 [len(df), len(feature_names)]`` features for a table with the fitted columns."""
+    @property
+    def cardinalities(self) -> list[int]:
+        """Codes per categorical column, the unknown code 0 included (``k + 1``): embedding rows."""
+        return [len(self.categories_[col]) + 1 for col in self.categorical_]
+
+    def codes(self, df: pd.DataFrame) -> Tensor:
+        """``int64 [len(df), len(categorical_)]``: category ``i`` of the fit's sorted list -> ``i + 1``.
+
+        Unseen and missing cells get :data:`UNKNOWN_CODE`; ``unseen_`` counts the unseen ones
+        (missing cells are not counted: they are unknown by design, not a surprise).
+        """
+        n = len(df)
+        out = np.zeros((n, len(self.categorical_)), dtype=np.int64)
+        self.unseen_ = {}
+        for j, col in enumerate(self.categorical_):
+            position = {c: k + 1 for k, c in enumerate(self.categories_[col])}
+            row_codes, labels = self._string_codes(df[col])
+            lookup = np.array([position.get(lab, UNKNOWN_CODE) for lab in labels], dtype=np.int64)
+            out[:, j] = lookup[row_codes]
+            is_missing = np.array([lab == MISSING_CATEGORY for lab in labels])[row_codes]
+            unseen = int(((out[:, j] == UNKNOWN_CODE) & ~is_missing).sum())
+            if unseen:
+                self.unseen_[col] = unseen
+        return torch.from_numpy(out)
+
+    def _standardized(self, df: pd.DataFrame) -> np.ndarray:
+        num = np.empty((len(df), len(self.numeric_)), dtype=np.float64)
+        for j, col in enumerate(self.numeric_):
+            num[:, j] = (self._numeric(df[col], col) - self.means_[col]) / self.stds_[col]
+        return num
+
+    def transform(self, df: pd.DataFrame) -> Inputs:
+        """Model inputs for a table with the fitted columns.
+
+        One-hot: ``float32 [len(df), len(feature_names)]``. Embedding: ``{"numeric": float32
+        [len(df), len(numeric_)], "categorical": int64 [len(df), len(categorical_)]}`` (both keys
+        always present, possibly zero columns wide, so a model sees the same inputs for any table).
+        """
         if not self.fitted_:
             raise DataError("TablePreprocessor.transform called before fit")
         self._check_columns(df, self.numeric_ + self.categorical_, "feature")
         n = len(df)
+        if self.categorical_encoding == "embedding":
+            numeric = torch.from_numpy(self._standardized(df).astype(np.float32))
+            return {"numeric": numeric, "categorical": self.codes(df)}
         blocks: list[np.ndarray] = []
         if self.numeric_:
-            num = np.empty((n, len(self.numeric_)), dtype=np.float64)
-            for j, col in enumerate(self.numeric_):
-                num[:, j] = (self._numeric(df[col], col) - self.means_[col]) / self.stds_[col]
-            blocks.append(num)
+            blocks.append(self._standardized(df))
         self.unseen_ = {}
         for col in self.categorical_:
             cats = self.categories_[col]
@@ -397,6 +468,26 @@ class TablePreprocessor:
                 self.unseen_[col] = int((~seen).sum())
         out = np.concatenate(blocks, axis=1) if blocks else np.zeros((n, 0))
         return torch.from_numpy(out.astype(np.float32))
+
+    def warn_unseen(self, where: str) -> None:
+        """Warn, per column, how many rows of the last :meth:`transform` had an unseen category.
+
+        Why: at prediction time an unseen value silently becomes the unknown code (or an all-zero
+        one-hot block); the prediction is still made, but the user should know which column
+        drifted from the training data and by how many rows.
+        """
+        fallback = (
+            f"the unknown code {UNKNOWN_CODE}"
+            if self.categorical_encoding == "embedding"
+            else "an all-zero one-hot block"
+        )
+        for col, count in self.unseen_.items():
+            warnings.warn(
+                f"{where}: column {col!r} has {count} row(s) with a category not seen in training; "
+                f"they were given {fallback}",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def encode_targets(self, df: pd.DataFrame) -> dict[str, Tensor]:
         """Encoded labels per target: float32 with NaN, or int64 with -1 for multiclass."""
@@ -419,11 +510,19 @@ class TablePreprocessor:
             "feature_names": self.feature_names,
             "targets": {t: enc.to_dict() for t, enc in self.labels_.items()},
             "target_kinds": dict(self.target_kinds),
+            "categorical_encoding": self.categorical_encoding,
+            "cardinalities": self.cardinalities,
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TablePreprocessor:
-        pre = cls(d.get("features"), d.get("force_categorical"), d.get("target_kinds"))
+        pre = cls(
+            d.get("features"),
+            d.get("force_categorical"),
+            d.get("target_kinds"),
+            # files written before the option existed are one-hot
+            categorical_encoding=str(d.get("categorical_encoding", "onehot")),
+        )
         pre.numeric_ = list(d["numeric"])
         pre.categorical_ = list(d["categorical"])
         pre.means_ = {k: float(v) for k, v in d["means"].items()}
@@ -449,6 +548,38 @@ def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
         return pd.read_csv(p)
     except (OSError, ValueError) as err:
         raise DataError(f"cannot read table {p}: {err}") from None
+
+
+def resolve_target_kinds(
+    df: pd.DataFrame,
+    targets: Sequence[str],
+    kinds: Mapping[str, str] | None = None,
+    where: str = "table",
+) -> dict[str, str]:
+    """Check the target columns and the given kinds, and infer the kinds not given.
+
+    Shared by every loader that reads labels from a table (:func:`load_table`, the image index of
+    :class:`polytask.data.images.ImageTableDataset`) so that a column means the same task
+    whichever loader reads it. ``where`` prefixes the errors (the file name).
+    """
+    if not targets:
+        raise DataError(f"{where}: no target column given")
+    missing = [t for t in targets if t not in df.columns]
+    if missing:
+        raise DataError(
+            f"{where}: target column(s) {missing} not found; available columns: "
+            f"{list(map(str, df.columns))}"
+        )
+    given = dict(kinds or {})
+    stray = [k for k in given if k not in targets]
+    if stray:
+        raise DataError(f"{where}: kinds given for non-target column(s) {stray}")
+    for t, k in given.items():
+        if k not in _KINDS:
+            raise DataError(
+                f"{where}: target {t!r} has unknown kind {k!r}; expected one of {_KINDS}"
+            )
+    return {t: given.get(t) or infer_kind(df[t]) for t in targets}
 
 
 def _split_positions(
@@ -507,6 +638,7 @@ def load_table(
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
     seed: int = 0,
     categorical: list[str] | None = None,
+    categorical_encoding: str = "onehot",
 ) -> Splits:
     """Load a table with several target columns as validated :class:`Splits`.
 
@@ -518,38 +650,52 @@ def load_table(
         features: feature columns; default every column but the targets and ``split_column``.
         split_column: a column of ``train`` / ``val`` / ``test`` assigning rows to splits;
             otherwise rows are shuffled with ``seed`` and cut by ``fractions``.
-        categorical: numeric-looking columns to one-hot encode (codes, ids).
+        categorical: numeric-looking columns to treat as categories (codes, ids).
+        categorical_encoding: ``"onehot"`` (one float tensor of inputs) or ``"embedding"``
+            (``{"numeric", "categorical"}`` inputs for the ``tabular`` trunk's embedding tables).
 
     ``row_ids`` are 0-based data-row numbers of the file. ``info["preprocessing"]`` is the JSON
-    form of the fitted :class:`TablePreprocessor` (rebuild it with ``from_dict``).
+    form of the fitted :class:`TablePreprocessor` (rebuild it with ``from_dict``); with the
+    embedding encoding ``info["cardinalities"]`` holds each categorical column's number of codes.
     """
     p = Path(path)
-    df = read_table(p)
-    df.columns = [str(c) for c in df.columns]
-    df = df.reset_index(drop=True)
-    if not targets:
-        raise DataError(f"{p}: no target column given")
-    missing = [t for t in targets if t not in df.columns]
-    if missing:
-        raise DataError(
-            f"{p}: target column(s) {missing} not found; available columns: {list(df.columns)}"
-        )
-    kinds = dict(kinds or {})
-    stray = [k for k in kinds if k not in targets]
-    if stray:
-        raise DataError(f"{p}: kinds given for non-target column(s) {stray}")
-    for t, k in kinds.items():
-        if k not in _KINDS:
-            raise DataError(f"{p}: target {t!r} has unknown kind {k!r}; expected one of {_KINDS}")
+    return table_splits(
+        read_table(p), targets, kinds, features, split_column, fractions, seed, categorical,
+        name=p.name, where=str(p), file=str(p), categorical_encoding=categorical_encoding,
+    )
+
+
+def table_splits(
+    df: pd.DataFrame,
+    targets: list[str],
+    kinds: dict[str, str] | None = None,
+    features: list[str] | None = None,
+    split_column: str | None = None,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    categorical: list[str] | None = None,
+    *,
+    name: str = "table",
+    where: str = "table",
+    file: str | None = None,
+    categorical_encoding: str = "onehot",
+) -> Splits:
+    """:func:`load_table` on a DataFrame already in memory (what ``MultiTaskLearner.fit`` uses).
+
+    One code path for files and frames, so that a table trained from Python is preprocessed
+    exactly as ``polytask fit`` would (kinds, encodings, train-only statistics). ``df`` is not
+    modified; ``where`` prefixes the error messages, ``name`` names the data.
+    """
+    df = df.rename(columns=str).reset_index(drop=True)
+    resolved = resolve_target_kinds(df, targets, kinds, where=where)
     if features is None:
         features = [c for c in df.columns if c not in targets and c != split_column]
     elif split_column is not None and split_column in features:
-        raise DataError(f"{p}: split column {split_column!r} cannot also be a feature")
+        raise DataError(f"{where}: split column {split_column!r} cannot also be a feature")
     if not features:
-        raise DataError(f"{p}: no feature column left after removing targets {targets}")
-    resolved = {t: kinds.get(t) or infer_kind(df[t]) for t in targets}
+        raise DataError(f"{where}: no feature column left after removing targets {targets}")
     parts = _split_positions(df, split_column, fractions, seed)
-    pre = TablePreprocessor(features, categorical, resolved)
+    pre = TablePreprocessor(features, categorical, resolved, categorical_encoding)
     pre.fit_targets(df).fit(df.iloc[parts["train"]])
     tasks = pre.tasks()
     data: dict[str, MultiTaskData] = {}
@@ -560,7 +706,7 @@ def load_table(
             inputs=pre.transform(sub),
             targets=pre.encode_targets(sub),
             tasks=tasks,
-            name=p.name,
+            name=name,
             row_ids=torch.from_numpy(np.asarray(idx, dtype=np.int64)),
         )
         if split != "train":
@@ -570,8 +716,8 @@ def load_table(
         val=data["val"],
         test=data["test"],
         info={
-            "dataset": p.name,
-            "file": str(p),
+            "dataset": name,
+            "file": file,
             "split": "column" if split_column else "random",
             "split_column": split_column,
             "seed": seed,
@@ -579,6 +725,7 @@ def load_table(
             "kinds": resolved,
             "preprocessing": pre.to_dict(),
             "unseen_categories": unseen,
+            **({"cardinalities": pre.cardinalities} if categorical_encoding == "embedding" else {}),
         },
     )
     return splits.validate().fit_target_scalers()
