@@ -190,6 +190,8 @@ def build_model(
     named inputs, :func:`polytask.models.multi_input` trunks take each input's width the same way).
     A trunk whose factory takes ``cardinalities`` (``tabular``) gets ``data_info["cardinalities"]``
     (the splits' ``info``): category counts come from the preprocessing, not from example rows.
+    Likewise ``data_info["input_options"]`` gives each named input's encoder (or, under the key
+    ``""``, the single trunk) the options the data fixes, such as a tokenizer's ``vocab_size``.
     """
     m = model or config.model_list[0]
     trunk_options = dict(m.trunk_options)
@@ -203,6 +205,14 @@ def build_model(
         trunk_options.setdefault("example_input", example)
     if "cardinalities" in params and data_info and "cardinalities" in data_info:
         trunk_options.setdefault("cardinalities", list(data_info["cardinalities"]))
+    # Per named input, options only the data knows (a tokenizer's vocabulary size, ...):
+    # ``data_info["input_options"] = {input name, or "" for one tensor: {option: value}}``.
+    input_options = dict((data_info or {}).get("input_options") or {})
+    if "input_options" in params:
+        trunk_options.setdefault("input_options", input_options)
+    for key, value in input_options.get("", {}).items():
+        if key in params:
+            trunk_options.setdefault(key, value)
     if "in_channels" in params and isinstance(example, torch.Tensor) and example.ndim == 4:
         trunk_options.setdefault("in_channels", int(example.shape[1]))
     trunk = create_trunk(m.trunk, **trunk_options)
@@ -308,7 +318,95 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def _hash(payload: dict[str, Any]) -> str:
+    """The cache key of a payload: the sha256 of its canonical JSON (sorted keys), shortened."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _hash_value(h: Any, value: Any) -> None:
+    """Feed ``value`` (tensors, arrays, dicts, sequences, scalars) into the sha256 ``h``.
+
+    Tensors and arrays contribute their dtype, shape and raw bytes (row order included), so two
+    data sets hash alike only when they hold the same numbers; named inputs (a dict of tensors)
+    are fed in key order. Anything else contributes its type and ``repr``: an object whose repr
+    changes between runs (an address) only makes the cache miss, never reuse a wrong baseline.
+    """
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, torch.Tensor):
+        t = value.detach()
+        h.update(f"tensor|{t.dtype}|{tuple(t.shape)}|".encode())
+        flat = t.reshape(-1).contiguous().cpu()
+        if flat.numel():
+            h.update(memoryview(flat.view(torch.uint8).numpy()))
+    elif isinstance(value, dict):
+        h.update(f"dict|{len(value)}|".encode())
+        for key in sorted(value, key=str):
+            h.update(f"key|{key}|".encode())
+            _hash_value(h, value[key])
+    elif isinstance(value, list | tuple):
+        h.update(f"seq|{len(value)}|".encode())
+        for item in value:
+            _hash_value(h, item)
+    else:
+        h.update(f"{type(value).__name__}|{value!r}|".encode())
+
+
+def _data_fingerprint(splits: Splits, task: Task, sources: MultiSourceData | None) -> str:
+    """A sha256 of the data a task's single-task baseline is trained and scored on.
+
+    Why: baselines are cached across runs, and a key made of the config alone reused the old
+    baseline when the same config ran on other arrays (``run_experiment(..., splits_override=...)``,
+    or a data file rewritten in place), scoring it on the old test rows and reporting Δm against it.
+
+    Per split (train, validation, test, and every source that labels the task): its length, its
+    inputs (a tensor or a dict of named tensors) and the task's targets, which decide the rows the
+    baseline keeps; plus ``splits.info`` (category counts, tokenizer options: what shapes the
+    model). A split served through a ``Dataset`` (``DatasetData``) is fingerprinted by its row
+    selection, the task's targets and the dataset's own ``fingerprint`` attribute when it has one,
+    not by reading its inputs: that would cost a pass over every image per run, and augmented
+    inputs differ on every read. Hashing in-memory tensors is a one-off per baseline (~1 GB/s).
+    """
+    h = hashlib.sha256()
+    parts: list[tuple[str, TaskData]] = [
+        ("train", splits.train), ("val", splits.val), ("test", splits.test)
+    ]
+    if sources is not None:
+        parts += [
+            (f"source:{name}", data)
+            for name, data in sorted(sources.sources.items())
+            if task.name in sources.labelled_tasks(name)
+        ]
+    for name, data in parts:
+        h.update(f"split|{name}|{type(data).__name__}|{len(data)}|".encode())
+        _hash_value(h, data.targets[task.name])
+        inputs: Inputs | None = getattr(data, "inputs", None)
+        if inputs is not None:
+            _hash_value(h, inputs)
+            continue
+        dataset = getattr(data, "dataset", None)
+        h.update(f"dataset|{type(dataset).__module__}.{type(dataset).__qualname__}|".encode())
+        _hash_value(h, getattr(data, "positions", None))
+        stamp = getattr(dataset, "fingerprint", None)
+        _hash_value(h, stamp() if callable(stamp) else stamp)
+    _hash_value(h, dict(splits.info))
+    return h.hexdigest()
+
+
+def _custom_parts(task: Task) -> dict[str, Any]:
+    """Which custom callables define the task (``to_config`` writes a custom loss as "custom")."""
+
+    def name(fn: Any) -> str | None:
+        if fn is None or isinstance(fn, str):
+            return fn
+        target = getattr(fn, "func", fn)  # functools.partial: the function and its arguments
+        qualified = f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', repr(target))}"
+        extra = getattr(fn, "args", ()), getattr(fn, "keywords", {})
+        return qualified if extra == ((), {}) else f"{qualified}{extra!r}"
+
+    metrics = {k: name(v) for k, v in (task.metrics or {}).items()}
+    return {"loss": name(task.loss), "head": name(task.head), "metrics": metrics}
 
 
 def _train_stl(
@@ -328,10 +426,13 @@ def _train_stl(
             mode="json", exclude={"progress", "tensorboard", "sampling"}
         ),
         "task": task.to_config(),
+        "task_callables": _custom_parts(task),
         "seed": seed,
-        "version": 1,
+        # 2: the key covers the data itself, not only the config that loaded it
+        "version": 2,
+        "data_fingerprint": _data_fingerprint(splits, task, sources),
     }
-    if sources is not None:  # only several-datasets runs carry it: old cache keys stay valid
+    if sources is not None:  # only several-datasets runs carry it
         sampling = config.training.sampling or SamplingConfig()
         payload["sampling"] = sampling.model_dump(mode="json")
     key = _hash(payload)

@@ -476,6 +476,35 @@ def _add_descriptors(
     return {**featurizer, "kind": "morgan+rdkit2d", "descriptors": len(names), **summary}
 
 
+def _add_tokens(splits: Splits, smiles: Sequence[object], max_len: int, label: str) -> None:
+    """Named inputs: the split's features as ``fingerprint`` plus SMILES token ids as ``smiles``.
+
+    The vocabulary is fitted on the training rows only, so a token first seen in validation or
+    test is unknown there, as it would be for a new molecule.
+    """
+    from polytask.data.tokens import SmilesTokenizer
+
+    if max_len < 1:
+        raise DataError(f"smiles_tokens must be a length >= 1, got {max_len}")
+
+    def strings(data: MultiTaskData) -> list[str]:
+        assert data.row_ids is not None
+        return [str(smiles[int(i)]) for i in data.row_ids]
+
+    tokenizer = SmilesTokenizer(max_len=max_len).fit(strings(splits.train))
+    stats: dict[str, object] = {}
+    for part in ("train", "val", "test"):
+        data: MultiTaskData = getattr(splits, part)
+        ids = tokenizer.encode(strings(data))
+        stats[part] = tokenizer.last_stats.describe()
+        named = {"fingerprint": data.inputs, "smiles": ids}
+        setattr(splits, part, dataclasses.replace(data, inputs=named))
+    splits.info["tokenizer"] = {**tokenizer.to_config(), "stats": stats, "dataset": label}
+    splits.info["input_options"] = {
+        "smiles": {"vocab_size": tokenizer.vocab_size, "max_len": max_len}
+    }
+
+
 def load_smiles_csv(
     path: str | os.PathLike[str],
     targets: Sequence[str] | None = None,
@@ -490,6 +519,7 @@ def load_smiles_csv(
     name: str | None = None,
     file_sha256: str | None = None,
     features: str = "ecfp",
+    smiles_tokens: int | None = None,
 ) -> Splits:
     """Any CSV of SMILES plus label columns as fingerprint :class:`Splits`.
 
@@ -507,6 +537,13 @@ def load_smiles_csv(
         features: ``"ecfp"`` (Morgan bits), ``"rdkit2d"`` (RDKit 2-D descriptors, clipped,
             imputed and standardized with training statistics) or ``"ecfp+rdkit2d"`` (both,
             side by side: the strongest of the three on Tox21).
+        smiles_tokens: also give each molecule's SMILES as token ids of this length: the inputs
+            become ``{"fingerprint": <features>, "smiles": ids [N, smiles_tokens]}`` (pad 0,
+            unknown 1), with the vocabulary fitted on the training split only
+            (:class:`~polytask.data.tokens.SmilesTokenizer`); ``info["input_options"]`` gives a
+            ``smiles`` encoder its ``vocab_size`` and ``max_len``. A model reads either input or
+            both (``multi_input`` trunk); truncated SMILES are counted in
+            ``info["tokenizer"]``.
 
     ``row_ids`` are 0-based data-row numbers in the file; ``info["skipped"]`` counts and lists the
     rows whose SMILES rdkit could not parse.
@@ -580,6 +617,8 @@ def load_smiles_csv(
     featurizer: dict[str, object] = {"kind": "morgan", "radius": radius, "n_bits": n_bits}
     if features != "ecfp":
         featurizer = _add_descriptors(splits, smiles, sha, settings, features, featurizer)
+    if smiles_tokens is not None:
+        _add_tokens(splits, smiles, smiles_tokens, label)
     splits.info.update(
         {
             "dataset": label,
@@ -605,6 +644,7 @@ def load_moleculenet(
     max_rows: int | None = None,
     tasks: Sequence[str] | None = None,
     features: str = "ecfp",
+    smiles_tokens: int | None = None,
 ) -> Splits:
     """Load a MoleculeNet set (``tox21``, ``toxcast``, ``sider``, ``clintox``, ``qm8``).
 
@@ -630,4 +670,5 @@ def load_moleculenet(
         name=name,
         file_sha256=files.sha256_file(file),
         features=features,
+        smiles_tokens=smiles_tokens,
     )

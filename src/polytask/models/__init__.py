@@ -10,6 +10,7 @@ from polytask.models import multi_input as _multi_input  # noqa: F401
 from polytask.models import ple as _ple  # noqa: F401
 from polytask.models import pretrained as _pretrained  # noqa: F401
 from polytask.models import resnet as _resnet  # noqa: F401
+from polytask.models import tabular as _tabular  # noqa: F401
 from polytask.models import transformer as _transformer  # noqa: F401
 from polytask.models.base import HardSharing, MultiTaskModel, infer_out_features
 from polytask.models.features import FeatureSpec

@@ -126,7 +126,7 @@ def example_batch(trunk: nn.Module, example_input: Inputs | None, arch: str) -> 
             "example_input=<a batch of inputs> (create_model(..., example_input=x))"
         )
     device = _device_of(trunk)
-    ex = ex.float() if not ex.is_floating_point() else ex
+    ex = ex.float() if ex.dtype == torch.bool else ex  # integer ids / codes stay integers
     return ex.to(device) if device is not None else ex
 
 

@@ -126,8 +126,14 @@ class MultiInputTrunk(nn.Module):
         return attended.mean(dim=1)
 
 
-def _encoder(name: str, spec: Any, example: Inputs | None) -> nn.Module:
-    """Build the encoder of input ``name`` from ``{trunk: <name>, options: {...}}``."""
+def _encoder(
+    name: str, spec: Any, example: Inputs | None, data_options: Mapping[str, Any]
+) -> nn.Module:
+    """Build the encoder of input ``name`` from ``{trunk: <name>, options: {...}}``.
+
+    ``data_options`` are the options the data fixes for this input (e.g. ``vocab_size``); the
+    config's own options win where both are given.
+    """
     if not isinstance(spec, Mapping) or "trunk" not in spec:
         raise ValueError(
             f"multi_input encoder {name!r}: give {{trunk: <trunk name>, options: {{...}}}}, got {spec!r}"
@@ -135,15 +141,18 @@ def _encoder(name: str, spec: Any, example: Inputs | None) -> nn.Module:
     unknown = set(spec) - {"trunk", "options"}
     if unknown:
         raise ValueError(f"multi_input encoder {name!r}: unknown key(s) {sorted(unknown)}")
+    import inspect
+
+    from polytask.models.registry import _TRUNKS
+
     options = dict(spec.get("options") or {})
-    if isinstance(example, dict) and name in example:
-        import inspect
-
-        from polytask.models.registry import _TRUNKS
-
-        factory = _TRUNKS.get(spec["trunk"], (None, ""))[0]
-        if factory is not None and "in_features" in inspect.signature(factory).parameters:
-            options.setdefault("in_features", int(example[name][0].numel()))
+    factory = _TRUNKS.get(spec["trunk"], (None, ""))[0]
+    params = inspect.signature(factory).parameters if factory is not None else {}
+    for key, value in data_options.items():
+        if key in params:
+            options.setdefault(key, value)
+    if isinstance(example, dict) and name in example and "in_features" in params:
+        options.setdefault("in_features", int(example[name][0].numel()))
     return create_trunk(spec["trunk"], **options)
 
 
@@ -157,7 +166,12 @@ def multi_input(
     width: int | None = None,
     heads: int = 4,
     example_input: Inputs | None = None,
+    input_options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> MultiInputTrunk:
     """``encoders: {input name: {trunk: <name>, options: {...}}}``; widths read from the data."""
-    built = {name: _encoder(name, spec, example_input) for name, spec in encoders.items()}
+    fixed = input_options or {}
+    built = {
+        name: _encoder(name, spec, example_input, fixed.get(name, {}))
+        for name, spec in encoders.items()
+    }
     return MultiInputTrunk(built, fusion=fusion, width=width, example_input=example_input, heads=heads)
