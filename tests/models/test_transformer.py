@@ -55,12 +55,6 @@ def test_stages_are_tensor_modules_that_keep_padding_zero() -> None:
         assert torch.equal(padding_mask(f), pad)
 
 
-@pytest.mark.xfail(
-    raises=ValueError,
-    strict=False,
-    reason="mmoe.example_batch casts an integer example_input to float, and token ids must stay "
-    "integers; passes once it keeps integer dtypes (as it already does for dict inputs)",
-)
 def test_cross_stitch_runs_on_the_transformer_stages() -> None:
     tasks = [Task("a", "regression"), Task("b", "binary")]
     model = create_model("cross_stitch", _trunk(), tasks, example_input=IDS)
