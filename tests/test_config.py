@@ -39,3 +39,19 @@ def test_examples_are_valid_and_open_with_their_command(example: Path) -> None:
     first = example.read_text().splitlines()[0]
     assert first.startswith("# polytask train examples/"), first
     load_config(example)
+
+
+def test_every_config_field_is_described_in_help() -> None:
+    """Why: help(TrainingConfig) is where a Python user looks first; each key must say what it
+    means there (the docstring's Fields section is built from the descriptions)."""
+    import polytask.config as cfg
+
+    classes = [
+        cfg.ExperimentConfig, cfg.DataConfig, cfg.SourceConfig, cfg.ModelConfig,
+        cfg.BalancerConfig, cfg.SamplingConfig, cfg.TrainingConfig, cfg.BaselineConfig,
+    ]
+    for cls in classes:
+        for name, info in cls.model_fields.items():
+            assert info.description, f"{cls.__name__}.{name} has no description"
+            assert f"    {name} (" in (cls.__doc__ or ""), f"{cls.__name__}.{name} not in help()"
+    assert "lr (default: 0.001): learning rate" in (cfg.TrainingConfig.__doc__ or "")

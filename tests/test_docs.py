@@ -26,3 +26,40 @@ def test_relative_links_resolve(page: Path) -> None:
         if not path.exists():
             broken.append(target)
     assert not broken, f"{page.relative_to(ROOT)} links missing files: {broken}"
+
+
+# Pages whose Python blocks are run, in order, in one namespace (as a reader would paste them).
+EXECUTED_PAGES = [ROOT / "docs" / "bring-your-own-data.md"]
+PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+
+
+def python_blocks(page: Path) -> list[tuple[int, str]]:
+    """``(first line number, code)`` of each fenced Python block of ``page``."""
+    text = page.read_text(encoding="utf-8")
+    return [(text.count("\n", 0, m.start(1)) + 1, m.group(1)) for m in PYTHON_BLOCK.finditer(text)]
+
+
+@pytest.mark.parametrize("page", EXECUTED_PAGES, ids=[p.name for p in EXECUTED_PAGES])
+def test_python_blocks_run(
+    page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Why: a documented path that no test runs rots silently. Each block runs in a fresh working
+    directory with its own cache; a block opening with ``# needs: <module>`` is skipped (and
+    reported) only when that optional module is not installed."""
+    import importlib.util
+
+    blocks = python_blocks(page)
+    assert blocks, f"{page.name} has no Python block"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("POLYTASK_CACHE", str(tmp_path / "cache"))
+    namespace: dict[str, object] = {"__name__": "__doc_page__"}
+    skipped = []
+    for line, code in blocks:
+        need = re.match(r"# needs: (\w+)", code)
+        if need and importlib.util.find_spec(need.group(1)) is None:
+            skipped.append(f"line {line} (needs {need.group(1)})")
+            continue
+        # Padding with newlines makes tracebacks point at the page's own line numbers.
+        exec(compile("\n" * (line - 1) + code, str(page), "exec"), namespace)
+    if skipped:
+        pytest.skip(f"{page.name}: blocks not run: {', '.join(skipped)}")

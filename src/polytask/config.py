@@ -11,6 +11,8 @@ list) replaces ``model`` to compare them on the same data, splits, balancers and
 
 from __future__ import annotations
 
+import inspect
+import textwrap
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -44,7 +46,36 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
+    """Unknown keys are errors; each subclass's docstring lists its fields (see below)."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        """Append a "Fields" section, built from the ``Field(description=...)`` texts, to the
+        class docstring: ``help(TrainingConfig)`` then says what each key means, and the text
+        lives in one place (the description, also in the JSON schema)."""
+        super().__pydantic_init_subclass__(**kwargs)
+        lines = []
+        for name, info in cls.model_fields.items():
+            default = "required" if info.is_required() else _default_text(info)
+            text = f"{name} ({default}): {info.description or ''}".rstrip()
+            lines.append(textwrap.fill(text, 96, initial_indent="    ", subsequent_indent="        "))
+        if lines:
+            cls.__doc__ = (inspect.cleandoc(cls.__doc__ or "") + "\n\nFields:\n" + "\n".join(lines))
+
+
+def _default_text(info: Any) -> str:
+    """A field's default as shown in help(): the value, or what its factory builds."""
+    if info.default_factory is not None:
+        try:
+            value = info.default_factory()
+        except TypeError:
+            return "default: computed"
+        if isinstance(value, BaseModel):
+            return f"default: {type(value).__name__}()"
+        return f"default: {value!r}"
+    return f"default: {info.default!r}"
 
 
 class SourceConfig(_Strict):
@@ -54,10 +85,16 @@ class SourceConfig(_Strict):
     ``tasks`` keeps a subset of the data set's tasks (default: all of them).
     """
 
-    dataset: str
-    name: str | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
-    tasks: list[str] | None = Field(None, min_length=1)
+    dataset: str = Field(description="a registered data set (polytask list datasets)")
+    name: str | None = Field(
+        None, description="names the source (per-source batch sizes use it); default: the data set name"
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="keyword options of the data set loader"
+    )
+    tasks: list[str] | None = Field(
+        None, min_length=1, description="keep only these tasks of the data set (default: all)"
+    )
 
     @property
     def display(self) -> str:
@@ -72,17 +109,35 @@ class DataConfig(_Strict):
     space, each with its own split.
     """
 
-    dataset: str | None = None
-    sources: list[SourceConfig] | None = Field(None, min_length=1)
-    options: dict[str, Any] = Field(default_factory=dict)
-    table: str | None = None
-    images: str | None = None
-    targets: list[str] = Field(default_factory=list)
-    kinds: dict[str, Literal["binary", "multiclass", "multilabel", "regression"]] = Field(
-        default_factory=dict
+    dataset: str | None = Field(
+        None, description="a registered data set, or a several-datasets loader (polytask list datasets)"
     )
-    features: list[str] | None = None
-    split_seed: int | None = None
+    sources: list[SourceConfig] | None = Field(
+        None, min_length=1,
+        description="several registered data sets sharing one input space, each labelling its own tasks",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="keyword options of the data set loader (or of load_table)"
+    )
+    table: str | None = Field(
+        None, description="a CSV or Parquet file with one column per target (see targets)"
+    )
+    images: str | None = Field(
+        None, description="folder of the image files listed in table (its first column is the path)"
+    )
+    targets: list[str] = Field(
+        default_factory=list, description="the target columns of table, one task each"
+    )
+    kinds: dict[str, Literal["binary", "multiclass", "multilabel", "regression"]] = Field(
+        default_factory=dict,
+        description="target column -> binary / multiclass / multilabel / regression; others inferred",
+    )
+    features: list[str] | None = Field(
+        None, description="feature columns of table (default: every column but the targets)"
+    )
+    split_seed: int | None = Field(
+        None, description="seed of the train/val/test split (default: each run seed splits anew)"
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
@@ -106,11 +161,21 @@ class DataConfig(_Strict):
 class ModelConfig(_Strict):
     """An architecture around a trunk; ``label`` names it in a ``models`` comparison."""
 
-    label: str | None = None
-    architecture: str = "hard_sharing"
-    trunk: str = "mlp"
-    trunk_options: dict[str, Any] = Field(default_factory=dict)
-    options: dict[str, Any] = Field(default_factory=dict)
+    label: str | None = Field(
+        None, description="names this model in a models comparison (default: the architecture)"
+    )
+    architecture: str = Field(
+        "hard_sharing", description="multi-task architecture (polytask list architectures)"
+    )
+    trunk: str = Field(
+        "mlp", description="shared trunk (polytask list trunks); input widths are read from the data"
+    )
+    trunk_options: dict[str, Any] = Field(
+        default_factory=dict, description="keyword options of the trunk, e.g. hidden: [256, 128] for mlp"
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="keyword options of the architecture, e.g. num_experts"
+    )
 
     @property
     def display(self) -> str:
@@ -118,9 +183,15 @@ class ModelConfig(_Strict):
 
 
 class BalancerConfig(_Strict):
-    name: str = "equal"
-    options: dict[str, Any] = Field(default_factory=dict)
-    label: str | None = None
+    """One method that combines the task losses or gradients (``polytask list balancers``)."""
+
+    name: str = Field("equal", description="registered balancer (polytask list balancers)")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="the balancer hyper-parameters (keyword options)"
+    )
+    label: str | None = Field(
+        None, description="names its runs (default: name); needed to compare one balancer twice"
+    )
 
     @property
     def display(self) -> str:
@@ -141,12 +212,24 @@ class SamplingConfig(_Strict):
     (``sampling: round_robin``) is the strategy with its defaults.
     """
 
-    strategy: SamplingStrategy = "all"
-    temperature: float | None = Field(None, gt=0)
-    max_size: int | None = Field(None, ge=1)
-    final_alpha: float | None = Field(None, ge=0, le=1)
-    num_epochs: int | None = Field(None, ge=1)
-    batch_sizes: dict[str, int] | None = None
+    strategy: SamplingStrategy = Field(
+        "all", description="which source feeds each step: all, round_robin, proportional, temperature, annealed"
+    )
+    temperature: float | None = Field(
+        None, gt=0, description="temperature T: p_s ∝ min(n_s, max_size)^(1/T) (default 2)"
+    )
+    max_size: int | None = Field(
+        None, ge=1, description="temperature: cap on the source size that counts (default none)"
+    )
+    final_alpha: float | None = Field(
+        None, ge=0, le=1, description="annealed: p_s ∝ n_s^alpha, alpha from 1 to this at the last epoch (default 0.2)"
+    )
+    num_epochs: int | None = Field(
+        None, ge=1, description="annealed: epochs of the schedule (default: training.epochs)"
+    )
+    batch_sizes: dict[str, int] | None = Field(
+        None, description="per-rank batch size per source name, overriding training.batch_size"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -192,27 +275,61 @@ assert set(get_args(SamplingStrategy)) >= set(_STRATEGY_OPTIONS)
 
 
 class TrainingConfig(_Strict):
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-    momentum: float = 0.9
-    scheduler: Literal["none", "cosine", "step", "plateau"] = "none"
-    step_size: int = Field(10, ge=1)
-    gamma: float = Field(0.5, gt=0, le=1)
-    grad_clip: float | None = Field(None, gt=0)
-    device: str = "auto"
-    amp: bool = False
-    patience: int | None = Field(None, ge=1)
-    selection: str = "auto"
-    engine: Literal["jacobian", "gramian", "representation"] = "jacobian"
-    chunk_size: int | None = Field(None, ge=1)
-    dist_mode: Literal["exact", "cheap"] = "exact"
-    eval_batch_size: int = Field(1024, ge=1)
-    progress: bool = True
-    tensorboard: bool = True
-    sampling: SamplingConfig | None = None
+    """How every run of the experiment trains (multi-task runs and single-task baselines alike)."""
+
+    epochs: int = Field(10, ge=1, description="passes over the training split")
+    batch_size: int = Field(128, ge=1, description="samples per step (per process under DDP)")
+    lr: float = Field(1e-3, gt=0, description="learning rate")
+    weight_decay: float = Field(
+        0.0, ge=0, description="weight decay (decoupled for adamw, an L2 term for adam and sgd)"
+    )
+    optimizer: Literal["adamw", "adam", "sgd"] = Field("adamw", description="the optimizer")
+    momentum: float = Field(0.9, description="SGD momentum (optimizer sgd only)")
+    scheduler: Literal["none", "cosine", "step", "plateau"] = Field(
+        "none",
+        description="learning-rate schedule: cosine over the epochs, step (x gamma every step_size "
+        "epochs), plateau (x gamma when the validation score stalls)",
+    )
+    step_size: int = Field(10, ge=1, description="scheduler step: epochs between drops")
+    gamma: float = Field(
+        0.5, gt=0, le=1, description="learning-rate factor of scheduler step and plateau"
+    )
+    grad_clip: float | None = Field(
+        None, gt=0, description="clip the gradient norm to this value (default: no clipping)"
+    )
+    device: str = Field(
+        "auto", description="auto (CUDA, then MPS, then CPU) or a torch device name (cpu, cuda:1)"
+    )
+    amp: bool = Field(False, description="mixed precision (bfloat16 autocast) in the forward pass")
+    patience: int | None = Field(
+        None, ge=1, description="early stopping: epochs without a better validation score"
+    )
+    selection: str = Field(
+        "auto",
+        description="how the kept epoch is chosen on validation: auto (delta_m with baselines, "
+        "else mean_primary), delta_m, mean_primary, val_loss or <task>/<metric>",
+    )
+    engine: Literal["jacobian", "gramian", "representation"] = Field(
+        "jacobian",
+        description="per-task gradients for gradient balancers: the Jacobian, only its Gramian "
+        "(less memory), or the gradients of the shared representation (cheapest)",
+    )
+    chunk_size: int | None = Field(
+        None, ge=1, description="Jacobian rows per backward pass (bounds memory; default: all)"
+    )
+    dist_mode: Literal["exact", "cheap"] = Field(
+        "exact",
+        description="torch.distributed: exact (the single-process update on the global batch) or "
+        "cheap (each rank balances its own batch; weights averaged)",
+    )
+    eval_batch_size: int = Field(1024, ge=1, description="batch size of evaluation")
+    progress: bool = Field(True, description="show progress bars")
+    tensorboard: bool = Field(
+        True, description="write TensorBoard events to the run directory (if installed)"
+    )
+    sampling: SamplingConfig | None = Field(
+        None, description="several data sets only: which source feeds each step"
+    )
 
     def settings(self, seed: int, **extra: Any) -> TrainSettings:
         return TrainSettings(**self.model_dump(exclude={"sampling"}), seed=seed, extra=dict(extra))
@@ -221,8 +338,12 @@ class TrainingConfig(_Strict):
 class BaselineConfig(_Strict):
     """Single-task baselines; ``model`` picks which entry of ``models`` they use (default: first)."""
 
-    stl: bool = True
-    model: str | None = None
+    stl: bool = Field(
+        True, description="train one single-task model per task (cached) and report Δm against them"
+    )
+    model: str | None = Field(
+        None, description="with models: the label of the model the baselines use (default: first)"
+    )
 
 
 SummaryMetric = Literal["pooled_explained_variance"]
@@ -231,16 +352,33 @@ SummaryMetric = Literal["pooled_explained_variance"]
 class ExperimentConfig(_Strict):
     """A whole experiment: data, model, the balancers to compare, training, baselines, seeds."""
 
-    name: str = "experiment"
-    data: DataConfig
-    model: ModelConfig | None = None
-    models: list[ModelConfig] | None = Field(None, min_length=1)
-    balancers: list[BalancerConfig] = Field(default_factory=lambda: [BalancerConfig()])
-    training: TrainingConfig = Field(default_factory=TrainingConfig)
-    baselines: BaselineConfig = Field(default_factory=BaselineConfig)
-    summary_metrics: list[SummaryMetric] = Field(default_factory=list)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    output_dir: str = "runs"
+    name: str = Field("experiment", description="the experiment folder name under output_dir")
+    data: DataConfig = Field(description="what to train on")
+    model: ModelConfig | None = Field(
+        None, description="trunk and architecture (default: mlp, hard_sharing)"
+    )
+    models: list[ModelConfig] | None = Field(
+        None, min_length=1, description="several labelled models to compare, instead of model"
+    )
+    balancers: list[BalancerConfig] = Field(
+        default_factory=lambda: [BalancerConfig()],
+        description="the methods to compare, each trained on the same data, seeds and baselines",
+    )
+    training: TrainingConfig = Field(
+        default_factory=TrainingConfig, description="optimisation settings of every run"
+    )
+    baselines: BaselineConfig = Field(
+        default_factory=BaselineConfig, description="the single-task baselines behind Δm"
+    )
+    summary_metrics: list[SummaryMetric] = Field(
+        default_factory=list,
+        description="whole-model metrics besides the per-task ones (pooled_explained_variance)",
+    )
+    seeds: list[int] = Field(
+        default_factory=lambda: [0], min_length=1,
+        description="one run per seed of every model and balancer (mean ± std reported)",
+    )
+    output_dir: str = Field("runs", description="where the experiment folder goes")
 
     @model_validator(mode="before")
     @classmethod

@@ -385,9 +385,13 @@ def _data_fingerprint(splits: Splits, task: Task, sources: MultiSourceData | Non
         if inputs is not None:
             _hash_value(h, inputs)
             continue
-        dataset = getattr(data, "dataset", None)
-        h.update(f"dataset|{type(dataset).__module__}.{type(dataset).__qualname__}|".encode())
         _hash_value(h, getattr(data, "positions", None))
+        dataset = getattr(data, "dataset", None)
+        while hasattr(dataset, "indices") and hasattr(dataset, "dataset"):
+            rows = dataset.indices  # a torch Subset: its rows, then the data set it wraps
+            _hash_value(h, rows if isinstance(rows, torch.Tensor) else torch.tensor(list(rows)))
+            dataset = dataset.dataset
+        h.update(f"dataset|{type(dataset).__module__}.{type(dataset).__qualname__}|".encode())
         stamp = getattr(dataset, "fingerprint", None)
         _hash_value(h, stamp() if callable(stamp) else stamp)
     _hash_value(h, dict(splits.info))

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
 from polytask.config import ExperimentConfig, load_config
+from polytask.data.base import Splits
+from polytask.data.batch import Inputs, slice_inputs
+from polytask.data.registry import UnknownDatasetError
 from polytask.evaluation.metrics import evaluate, predict_outputs
 from polytask.experiment import build_model, load_data
 from polytask.models.base import MultiTaskModel
@@ -47,9 +49,9 @@ class LoadedRun:
     seed: int
     model: MultiTaskModel | None = None
 
-    def _model(self, example: torch.Tensor) -> MultiTaskModel:
+    def _model(self, example: Inputs, data_info: dict[str, Any] | None = None) -> MultiTaskModel:
         if self.model is None:
-            model = build_model(self.config, self.tasks, example)
+            model = build_model(self.config, self.tasks, example, data_info=data_info)
             path = self.run_dir / "checkpoints" / "best.pt"
             state = load_checkpoint(path, task_names=[t.name for t in self.tasks])
             load_model_state(model, state, path)
@@ -57,12 +59,24 @@ class LoadedRun:
             self.model = model
         return self.model
 
-    def evaluate(self) -> dict[str, dict[str, dict[str, float]]]:
-        splits = load_data(self.config, self.seed)
+    def evaluate(self, splits: Splits | None = None) -> dict[str, dict[str, dict[str, float]]]:
+        """Validation and test metrics of the selected model, on ``splits`` or the config's data.
+
+        A run trained on data given from Python (``MultiTaskLearner``, ``splits_override``) has no
+        registered data set to reload, so its data must be passed back in.
+        """
+        if splits is None:
+            try:
+                splits = load_data(self.config, self.seed)
+            except UnknownDatasetError as err:
+                raise ValueError(
+                    f"{self.run_dir} was trained on data given from Python ({err}); pass its "
+                    "splits: load_run(run_dir).evaluate(splits)"
+                ) from None
         for t, saved in zip(splits.tasks, self.tasks, strict=True):
             if t.name != saved.name:
                 raise ValueError(f"data tasks {splits.tasks} differ from the run's {self.tasks}")
-        model = self._model(splits.train.example())
+        model = self._model(splits.train.example(), splits.info)
         return {
             split: evaluate(model, self.tasks, getattr(splits, split))[0] for split in ("val", "test")
         }
@@ -81,8 +95,16 @@ class LoadedRun:
             )
         pre = TablePreprocessor.from_dict(json.loads(pre_path.read_text()))
         frame = read_table(table)
+        if len(frame) == 0:  # the model, built from the first rows, would fail with an IndexError
+            from polytask.data.base import DataError
+
+            raise DataError(
+                f"{table} has no data rows (only a header with columns "
+                f"{', '.join(map(str, frame.columns)) or 'none'}): nothing to predict"
+            )
         inputs = pre.transform(frame)
-        model = self._model(inputs[:2])
+        pre.warn_unseen(str(table))
+        model = self._model(slice_inputs(inputs, slice(0, 2)), {"cardinalities": pre.cardinalities})
         from polytask.data.base import MultiTaskData
 
         data = MultiTaskData(inputs=inputs, targets={}, tasks=self.tasks, name=str(table))

@@ -29,7 +29,11 @@ Rules, chosen so that nothing is guessed silently:
 
 from __future__ import annotations
 
+import bz2
+import csv
+import gzip
 import importlib.util
+import lzma
 import math
 import os
 import warnings
@@ -103,8 +107,57 @@ def _sorted_unique(values: pd.Series) -> list[Any]:
         return sorted(uniq, key=str)
 
 
-def _row(series: pd.Series, pos: int) -> object:
-    return series.index[pos]
+_SOURCE = "polytask_csv"  # DataFrame.attrs key: the CSV file read_table read the frame from
+
+
+def _row(series: pd.Series, pos: int) -> str:
+    """Where row ``pos`` of ``series`` is, said so that a user finds it.
+
+    A frame :func:`read_table` read from a CSV file (its ``attrs`` name the file) gets the file's
+    line number as an editor shows it (the header is line 1): a 0-based count of data rows sends
+    the user two lines too high. Any other frame (a caller's own, whose index may mean anything:
+    :class:`~polytask.data.images.ImageTableDataset` puts line numbers there) gets its index
+    label, said to be one.
+    """
+    label = series.index[pos]
+    source = series.attrs.get(_SOURCE)
+    if source is not None and isinstance(label, int | np.integer):
+        line = _csv_line(source, int(label))
+        if line is not None:
+            return f"line {line} of {source}"
+        return f"data row {label} of {source} (counting from 0, header excluded)"
+    shown = int(label) if isinstance(label, int | np.integer) else repr(label)
+    return f"row {shown} (index label)"
+
+
+def _csv_line(path: str, record: int) -> int | None:
+    """The line (from 1) on which data row ``record`` (from 0, header excluded) of a CSV starts.
+
+    Counted with the csv module as pandas reads the file (blank lines skipped, a quoted cell may
+    span lines); only done for an error message. ``None`` when the file cannot be read that way.
+    """
+    openers: dict[str, Any] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+    suffix = Path(path).suffix.lower()
+    if suffix in (".zip", ".zst", ".tar"):
+        return None
+    opener = openers.get(suffix, open)
+    try:
+        with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as fh:
+            reader = csv.reader(fh)
+            seen, header, done = -1, False, 0
+            for fields in reader:
+                start, done = done + 1, reader.line_num
+                if not fields or (len(fields) == 1 and not fields[0].strip()):
+                    continue  # a blank line: pandas skips it too
+                if not header:
+                    header = True
+                    continue
+                seen += 1
+                if seen == record:
+                    return start
+    except (OSError, csv.Error, EOFError, lzma.LZMAError):
+        return None
+    return None
 
 
 def _is_numeric(series: pd.Series) -> bool:
@@ -131,7 +184,7 @@ def infer_kind(series: pd.Series) -> str:
         arr = values.to_numpy(dtype=np.float64)
         if not np.isfinite(arr).all():
             pos = int(np.flatnonzero(~np.isfinite(arr))[0])
-            raise DataError(f"column {name!r} has an infinite value at row {_row(values, pos)}")
+            raise DataError(f"column {name!r} has an infinite value at {_row(values, pos)}")
         if (arr != np.round(arr)).any():
             return "regression"
     if distinct == 2:
@@ -204,14 +257,14 @@ class LabelEncoding:
                 pos = int(np.flatnonzero(bad)[0])
                 raise DataError(
                     f"regression target {self.column!r} is not numeric: value "
-                    f"{series.iloc[pos]!r} at row {_row(series, pos)}"
+                    f"{series.iloc[pos]!r} at {_row(series, pos)}"
                 )
             arr = values.to_numpy(dtype=np.float64)
             inf = np.isinf(arr)
             if inf.any():
                 pos = int(np.flatnonzero(inf)[0])
                 raise DataError(
-                    f"regression target {self.column!r} is infinite at row {_row(series, pos)}"
+                    f"regression target {self.column!r} is infinite at {_row(series, pos)}"
                 )
             return arr.astype(np.float32)
         assert self.classes is not None
@@ -224,7 +277,7 @@ class LabelEncoding:
             if code is None:
                 pos = int(np.flatnonzero((series == value).to_numpy(dtype=bool, na_value=False))[0])
                 raise DataError(
-                    f"target {self.column!r}: value {value!r} at row {_row(series, pos)} is not "
+                    f"target {self.column!r}: value {value!r} at {_row(series, pos)} is not "
                     f"one of the known classes {self.classes[:10]}"
                 )
             mapping[value] = code
@@ -352,7 +405,7 @@ class TablePreprocessor:
         if 0.9 <= ok.mean() < 1.0:
             pos = int(np.flatnonzero(~ok)[0])
             raise DataError(
-                f"feature column {col!r} is numeric except for {values.iloc[pos]!r} at row "
+                f"feature column {col!r} is numeric except for {values.iloc[pos]!r} at "
                 f"{_row(values, pos)} ({int((~ok).sum())} such row(s)); fix the value or pass "
                 f"categorical=[{col!r}]"
             )
@@ -365,7 +418,7 @@ class TablePreprocessor:
             pos = int(np.flatnonzero(bad_text)[0])
             raise DataError(
                 f"numeric feature column {col!r} has the non-numeric value {series.iloc[pos]!r} "
-                f"at row {_row(series, pos)}"
+                f"at {_row(series, pos)}"
             )
         arr = values.to_numpy(dtype=np.float64)
         bad = ~np.isfinite(arr)
@@ -373,7 +426,7 @@ class TablePreprocessor:
             pos = int(np.flatnonzero(bad)[0])
             raise DataError(
                 f"numeric feature column {col!r} has {'NaN' if np.isnan(arr[pos]) else 'inf'} at "
-                f"row {_row(series, pos)} ({int(bad.sum())} non-finite row(s) in all); impute or "
+                f"{_row(series, pos)} ({int(bad.sum())} non-finite row(s) in all); impute or "
                 f"drop them before loading"
             )
         return arr
@@ -545,7 +598,9 @@ def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
             if importlib.util.find_spec("pyarrow") is None:
                 raise ImportError(f"reading {p} needs pyarrow: pip install 'polytask[parquet]'")
             return pd.read_parquet(p, engine="pyarrow")
-        return pd.read_csv(p)
+        frame = pd.read_csv(p)
+        frame.attrs[_SOURCE] = str(p)  # lets errors name the file's line (see _row)
+        return frame
     except (OSError, ValueError) as err:
         raise DataError(f"cannot read table {p}: {err}") from None
 
@@ -602,7 +657,7 @@ def _split_positions(
         if bad.any():
             pos = int(np.flatnonzero(bad)[0])
             raise DataError(
-                f"split column {split_column!r}: value {raw.iloc[pos]!r} at row "
+                f"split column {split_column!r}: value {raw.iloc[pos]!r} at "
                 f"{_row(raw, pos)} is not one of {sorted(_SPLIT_NAMES)}"
             )
         parts = {s: np.flatnonzero(names == s) for s in ("train", "val", "test")}

@@ -170,6 +170,12 @@ def fit(
 
     ``stop_after_epoch`` ends the run early as if interrupted (used to test exact resume).
     """
+    if not isinstance(splits, Splits):
+        raise TypeError(
+            f"fit takes Splits (train / val / test), got {type(splits).__name__}; cut data with "
+            "polytask.data.random_split(data), or train on arrays, a DataFrame or a Dataset with "
+            "polytask.MultiTaskLearner().fit(X, y)"
+        )
     run_dir = Path(run_dir)
     tasks, s = splits.tasks, settings
     comm = communicator or Communicator()
@@ -208,6 +214,9 @@ def fit(
     train_data: TaskData = splits.train
     non_blocking = device.type == "cuda"
     started = time.perf_counter()
+    from polytask.training.divergence import DivergenceMonitor  # it imports this module
+
+    divergence = DivergenceMonitor.for_model(model)
     bar = tqdm(range(start_epoch, s.epochs), disable=not (s.progress and is_main), desc="epochs")
     epoch = start_epoch - 1
     for epoch in bar:
@@ -247,6 +256,7 @@ def fit(
         if scheduler is not None:
             scheduler.step(score) if s.scheduler == "plateau" else scheduler.step()
         train_loss = (loss_sum / loss_n.clamp(min=1)).tolist()
+        divergence.update(epoch, step, model.task_names, train_loss, model)
         rows = [("train", t, "loss", v) for t, v in zip(model.task_names, train_loss, strict=True)]
         rows += [("train", "", "loss", float(sum(train_loss)))]
         rows += _metric_rows("val", val)
