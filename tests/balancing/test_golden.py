@@ -125,14 +125,28 @@ def test_uncertainty_absent_task_adds_neither_loss_nor_regulariser() -> None:
 
 
 def test_imtl_l_loss_value() -> None:
-    # s = (0, ln 2): L = e^0·3 - 0 + e^{ln 2}·4 - ln 2 = 11 - 0.693147; weights e^s = (1, 2)
+    # s = (0, ln 2): L = e^0·3 - 0 + e^{ln 2}·4 - ln 2 = 11 - 0.693147; weights e^s = (1, 2).
+    # IMTL-L is uncertainty weighting with log_vars = -s (a declared alias).
     balancer = create_balancer("imtl_l", TASKS)
     with torch.no_grad():
-        balancer.log_scales.copy_(torch.tensor([0.0, math.log(2.0)]))
+        balancer.log_vars.copy_(-torch.tensor([0.0, math.log(2.0)]))
+    close(balancer.log_scales, [0.0, math.log(2.0)])
     c, _ = _combine(balancer, info(losses=(3.0, 4.0)))
     assert c.loss is not None
     close(c.loss, 11.0 - math.log(2.0))
     close(c.weights, [1.0, 2.0])
+    # dL/ds = e^s L - 1 = (2, 7), so dL/dlog_vars = -(2, 7)
+    c.loss.backward()
+    assert balancer.log_vars.grad is not None
+    close(balancer.log_vars.grad, [-2.0, -7.0], tol=1e-6)
+
+
+def test_imtl_l_init_is_the_papers_log_scale() -> None:
+    balancer = create_balancer("imtl_l", TASKS, init=0.5)
+    assert balancer.hyperparameters() == {"init": 0.5}
+    close(balancer.log_scales, [0.5, 0.5])
+    c, _ = _combine(balancer, info(losses=(1.0, 1.0)))
+    close(c.weights, [math.exp(0.5)] * 2)
 
 
 def test_scale_invariant_and_gls() -> None:

@@ -369,13 +369,13 @@ def test_imtl_l_is_scale_invariant_at_its_learned_scales(losses: list[float], c:
         jac_k = _scaled(jac, 0, factor)
         balancer = create_balancer("imtl_l", names(m))
         with torch.no_grad():
-            balancer.log_scales.copy_(-torch.log(scaled))  # the stationary point
+            balancer.log_vars.copy_(torch.log(scaled))  # the stationary point s = -log L
         combination = balancer.combine(info(jac_k, scaled.clone().requires_grad_(False)))
         assert combination.loss is not None
         combination.loss.backward()
-        assert balancer.log_scales.grad is not None
+        assert balancer.log_vars.grad is not None
         # the stationary point of the scale objective is e^{s_i} L_i = 1
-        torch.testing.assert_close(balancer.log_scales.grad, torch.zeros(m), atol=1e-5, rtol=0.0)
+        torch.testing.assert_close(balancer.log_vars.grad, torch.zeros(m), atol=1e-5, rtol=0.0)
         results.append(combination.weights.double() @ jac_k)
     torch.testing.assert_close(results[1], results[0], rtol=1e-5, atol=1e-6)
 
@@ -493,7 +493,8 @@ def test_cagrad_homotopy_matches_cvxpy(c: float) -> None:
         ref = create_balancer("cagrad", names(m), c=c, solver="cvxpy")
         w = fast.combine(_gramian_info(gramian)).weights.double()
         w_ref = ref.combine(_gramian_info(gramian)).weights.double()
-        assert fast.warning_counts == {}
+        # no solver fallback (a Pareto-stationary Gramian, counted, is CAGrad's own answer at c >= 1)
+        assert set(fast.warning_counts) <= {"cagrad/pareto_stationary"}, fast.warning_counts
         diff = w - w_ref
         scale = float((w_ref @ gramian @ w_ref).clamp(min=0).sqrt()) + 1e-12
         gap = float((diff @ gramian @ diff).clamp(min=0).sqrt()) / scale

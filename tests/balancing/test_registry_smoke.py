@@ -36,3 +36,37 @@ def test_absent_task_gets_zero_weight_and_update_is_finite(name: str) -> None:
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         assert grads and all(torch.isfinite(g).all() for g in grads)
         engine.after_step(x, y)
+
+
+def test_declared_alias_is_listed_as_such() -> None:
+    """``imtl_l`` gives uncertainty weighting's update: the listing says so, first, with why."""
+    from typer.testing import CliRunner
+
+    from polytask.cli import app
+
+    info = available()["imtl_l"]
+    assert info.alias_of == "uncertainty" and "s' = -s" in info.alias_reason
+    assert info.cost.startswith("alias of uncertainty (same update:")
+    assert available()["uncertainty"].alias_of is None
+    result = CliRunner().invoke(app, ["list", "balancers"])
+    assert result.exit_code == 0, result.output
+    line = next(row for row in result.output.splitlines() if "imtl_l" in row)
+    assert "alias of uncertainty" in line, line
+
+
+def test_an_alias_must_say_why_and_name_another_method() -> None:
+    from polytask.balancing import Balancer, register_balancer
+
+    with pytest.raises(ValueError, match="must say why"):
+        register_balancer("test_alias", alias_of="uncertainty")
+    with pytest.raises(ValueError, match="alias of itself"):
+        register_balancer("test_alias", alias_of="test_alias", alias_reason="x")
+    assert "test_alias" not in available()
+    assert Balancer.alias_of is None
+
+
+def test_mgda_ub_declares_the_representation_as_its_gradient_source() -> None:
+    info = available()["mgda_ub"]
+    assert (info.gradients, info.source) == ("gramian", "representation")
+    assert "representation" in info.cost
+    assert {i.source for n, i in available().items() if n != "mgda_ub"} == {"mode"}

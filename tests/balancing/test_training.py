@@ -45,11 +45,8 @@ def make_problem() -> tuple[list[Task], Tensor, dict[str, Tensor]]:
 
 
 def mode_for(name: str) -> str:
-    """The cheapest mode the method supports (MGDA-UB: the representation mode it is made for)."""
+    """The cheapest mode the method supports (MGDA-UB takes its representation Gramian in any)."""
     cls = get_balancer_class(name)
-    preferred = getattr(cls, "preferred_mode", None)
-    if preferred is not None:
-        return str(preferred)
     return "gramian" if cls.needs.gradients == "gramian" else "jacobian"
 
 

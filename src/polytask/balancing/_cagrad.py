@@ -21,14 +21,20 @@ result is exact to rounding (about 0.1 ms at ``T = 12``). ``solver="cvxpy"`` is 
 update ``d`` up to CLARABEL's tolerance (the weights themselves are only unique when the gradients
 are linearly independent). When the homotopy fails (an iteration cap, a singular active set, e.g. a
 zero or duplicated gradient, or a failed optimality check), the cvxpy solve is used instead,
-``cagrad/homotopy_fallback`` is counted and a ``RuntimeWarning`` names the step; it never falls
+``cagrad/homotopy_fallback`` is counted and a ``RuntimeWarning`` names the first such step; it never falls
 back silently, nor on equal weights.
 
 The Gramian is handed over with trace 1: torchjd zeroes any Gramian of trace below an absolute
 ``1e-4`` and then returns all-zero weights (no update at all with small gradients); the weights are
-invariant to this rescaling. As in torchjd, a solution with ``||g_w|| < 1e-4`` (trace-1 scale: the
-mean gradient is already on the Pareto front) gives all-zero weights. A solver failure of the cvxpy
-path raises :class:`~polytask.balancing.base.BalancerError`.
+invariant to this rescaling. As in torchjd, a solution with ``||g_w|| < 1e-4`` (trace-1 scale: 0 is
+in the convex hull of the task gradients, which are Pareto-stationary) gives all-zero weights:
+``d = g0 + (sqrt(φ)/||g_w||) g_w`` is undefined there and the shared parameters get no update.
+``cagrad/pareto_stationary`` is counted (``warning/balancer/cagrad/pareto_stationary`` in the run's
+metrics, a ``RuntimeWarning`` the first time). With ``c >= 1`` that zero update lies in CAGrad's
+ball and attains the optimal worst-task improvement (0), so it is the method's answer. With
+``c < 1`` it lies outside the ball: the step is a *failure*, and once more than ``max_failures``
+(default 3) steps in a row had no update a :class:`~polytask.balancing.base.BalancerError` names
+the step. A solver failure of the cvxpy path raises :class:`~polytask.balancing.base.BalancerError`.
 """
 
 from __future__ import annotations
@@ -44,7 +50,9 @@ from torch import Tensor
 from polytask.balancing._common import (
     GramianWeightingBalancer,
     check_choice,
+    check_max_failures,
     check_number,
+    record_failure,
     torchjd_weighting,
     warn_and_count,
 )
@@ -227,10 +235,22 @@ class CAGrad(GramianWeightingBalancer):
     )
     solver_description = "the CAGrad dual solve"
 
-    def __init__(self, task_names: Sequence[str], c: float = 0.4, solver: str = "homotopy") -> None:
+    def __init__(
+        self,
+        task_names: Sequence[str],
+        c: float = 0.4,
+        solver: str = "homotopy",
+        max_failures: int = 3,
+    ) -> None:
         super().__init__(task_names)
         self.c = check_number("cagrad", "c", c, low=0.0)
         self.solver = check_choice("cagrad", "solver", solver, SOLVERS)
+        self.max_failures = check_max_failures("cagrad", max_failures)
+        # Not persistent: checkpoints written before this counter existed still load, and a resumed
+        # run only restarts the count of failed steps in a row (the update is unaffected).
+        self.register_buffer(
+            "consecutive_failures", torch.zeros((), dtype=torch.long), persistent=False
+        )
         # torchjd's CAGradWeighting, built on first use; kept in a dict, not as an attribute, so the
         # (nn.Module) weighting is not registered as a submodule of the balancer.
         self._solver: dict[str, Any] = {}
@@ -246,6 +266,33 @@ class CAGrad(GramianWeightingBalancer):
         return self._solver["cvxpy"]
 
     def weigh(self, gramian: Tensor, step: StepInfo) -> Tensor:
+        weights = self._solve(gramian, step)
+        if not bool((weights == 0).all()):
+            self.consecutive_failures.zero_()
+            return weights
+        message = (
+            f"cagrad: at step {step.step} the task gradients are Pareto-stationary (0 is in their "
+            "convex hull: ||g_w|| < 1e-4 of the trace-1 Gramian), where CAGrad's update "
+            "g0 + (sqrt(phi)/||g_w||) g_w is undefined; as torchjd does, the shared parameters get "
+            "no update this step"
+        )
+        if self.c >= 1.0:
+            # d = 0 lies in the ball ||d - g0|| <= c||g0|| and attains the optimal worst-task
+            # improvement (0, as 0 is in the hull): CAGrad's own answer, counted but no failure.
+            warn_and_count(self, "cagrad/pareto_stationary", message)
+        else:
+            # c < 1: d = 0 is outside the ball, so it is not CAGrad's update.
+            record_failure(
+                self,
+                "cagrad/pareto_stationary",
+                message + f" (with c = {self.c:g} < 1 the zero update is outside CAGrad's ball)",
+                step.step,
+                self.max_failures,
+                self.consecutive_failures,
+            )
+        return weights
+
+    def _solve(self, gramian: Tensor, step: StepInfo) -> Tensor:
         if self.solver == "homotopy":
             g = gramian.detach().double().cpu().numpy()
             m = g.shape[0]
@@ -265,4 +312,4 @@ class CAGrad(GramianWeightingBalancer):
         return self._cvxpy()(gramian)
 
     def hyperparameters(self) -> dict[str, Any]:
-        return {"c": self.c, "solver": self.solver}
+        return {"c": self.c, "solver": self.solver, "max_failures": self.max_failures}

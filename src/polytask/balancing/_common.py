@@ -28,10 +28,12 @@ __all__ = [
     "check_choice",
     "check_finite_weights",
     "check_int",
+    "check_max_failures",
     "check_number",
     "factor_of_gramian",
     "guarded",
     "least_squares_weights",
+    "record_failure",
     "require_positive_losses",
     "seeded_global_rng",
     "step_cpu_generator",
@@ -205,10 +207,63 @@ def check_finite_weights(method: str, step: int, weights: Tensor) -> Tensor:
     return weights
 
 
-def warn_and_count(balancer: Any, key: str, message: str) -> None:
-    """A documented recovery was used: count it (reported per epoch) and say so loudly."""
+def warn_and_count(balancer: Balancer, key: str, message: str) -> None:
+    """A documented recovery or fallback was used: count it, and warn the first time.
+
+    Why both: the count reaches the run's metrics (``warning/balancer/<key>``, drained by the
+    training loop every epoch) and its report, so no fallback is silent; the Python warning is
+    only raised for the first occurrence of ``key`` in this balancer, because a recurring event
+    would otherwise bury the log under identical lines while the count already says how often.
+    """
     balancer.count_warning(key)
-    warnings.warn(message, RuntimeWarning, stacklevel=3)
+    if key in balancer.warned_keys:
+        return
+    balancer.warned_keys.add(key)
+    warnings.warn(
+        f"{message} [counted as warning/balancer/{key} in the run's metrics; later occurrences "
+        "are counted without a warning]",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def check_max_failures(method: str, value: Any) -> int:
+    """The ``max_failures`` option: how many failed steps in a row a balancer tolerates (>= 0)."""
+    return check_int(method, "max_failures", value, low=0)
+
+
+def record_failure(
+    balancer: Balancer,
+    key: str,
+    message: str,
+    step: int,
+    max_failures: int,
+    consecutive: Tensor,
+) -> None:
+    """A step whose update is *not* the method's own (stale or zero weights, an unsolved system).
+
+    Counted and warned like any fallback (:func:`warn_and_count`); ``consecutive`` (a one-element
+    counter buffer, reset by the caller after a successful step) counts the failed steps in a row,
+    and past ``max_failures`` of them a :class:`BalancerError` naming the step stops training. Why:
+    a method that keeps failing trains with something else than what its name says (equal or stale
+    weights, no update at all), and a run must not report results under that name.
+    """
+    with torch.no_grad():
+        consecutive += 1
+    failures = int(consecutive)
+    if failures > max_failures:
+        balancer.count_warning(key)
+        raise BalancerError(
+            f"{message}; that is {failures} failed steps in a row (the last at step {step}), more "
+            f"than max_failures={max_failures}: stopping rather than training with an update "
+            "that is not the method's (raise max_failures to tolerate more)"
+        )
+    warn_and_count(
+        balancer,
+        key,
+        f"{message} (failed step {failures} in a row; at most max_failures={max_failures} are "
+        "tolerated)",
+    )
 
 
 # ---------------------------------------------------------------------------------- base class

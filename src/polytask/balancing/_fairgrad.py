@@ -18,14 +18,17 @@ residual below is under ``1e-12``: about ten ``T x T`` solves, exact to rounding
 (``solver="scipy"``) stops at its own tolerances (``ftol = xtol = gtol = 1e-8``), so the two agree to
 about that accuracy. When Newton does not converge (no solution: e.g. a singular ``G`` with a
 non-negative null vector), the scipy solve is used instead, ``fairgrad/newton_fallback`` is counted
-and a ``RuntimeWarning`` names the step; the residual check below then applies to its result.
+and a ``RuntimeWarning`` names the first such step; the residual check below then applies to its
+result.
 ``max_iters`` bounds the scipy solve only.
 
 Solver check. torchjd returns ``least_squares``' last iterate without looking at convergence. We
 compute the relative residual ``||G w - w^{-1/α}|| / ||w^{-1/α}||``; above ``residual_tol`` the
-approximate solution is still used (documented recovery) but ``fairgrad/inexact_solution`` is
-counted and a ``RuntimeWarning`` names the step. A solver exception raises
-:class:`~polytask.balancing.base.BalancerError`.
+system is unsolved and the step is a *failure*: the approximate weights are used for this step,
+``fairgrad/inexact_solution`` is counted (``warning/balancer/fairgrad/inexact_solution`` in the
+run's metrics, a ``RuntimeWarning`` the first time), and once more than ``max_failures`` (default
+3) steps in a row were unsolved a :class:`~polytask.balancing.base.BalancerError` names the step.
+A solver exception raises :class:`~polytask.balancing.base.BalancerError`.
 """
 
 from __future__ import annotations
@@ -42,7 +45,9 @@ from polytask.balancing._common import (
     GramianWeightingBalancer,
     check_choice,
     check_int,
+    check_max_failures,
     check_number,
+    record_failure,
     torchjd_weighting,
     warn_and_count,
 )
@@ -123,6 +128,7 @@ class FairGrad(GramianWeightingBalancer):
         max_iters: int | None = None,
         residual_tol: float = 1e-2,
         solver: str = "newton",
+        max_failures: int = 3,
     ) -> None:
         super().__init__(task_names)
         self.alpha = check_number("fairgrad", "alpha", alpha, low=0.0)
@@ -133,6 +139,12 @@ class FairGrad(GramianWeightingBalancer):
             "fairgrad", "residual_tol", residual_tol, low=0.0, low_inclusive=False
         )
         self.solver = check_choice("fairgrad", "solver", solver, SOLVERS)
+        self.max_failures = check_max_failures("fairgrad", max_failures)
+        # Not persistent: checkpoints written before this counter existed still load, and a resumed
+        # run only restarts the count of failed steps in a row (the update is unaffected).
+        self.register_buffer(
+            "consecutive_failures", torch.zeros((), dtype=torch.long), persistent=False
+        )
         # torchjd's FairGradWeighting, built on first use; kept in a dict, not as an attribute, so the
         # (nn.Module) weighting is not registered as a submodule of the balancer.
         self._solver: dict[str, Any] = {}
@@ -153,6 +165,7 @@ class FairGrad(GramianWeightingBalancer):
         if self.solver == "newton":
             w = _fairgrad_newton(gramian.detach().double().cpu().numpy(), self.alpha)
             if w is not None:
+                self.consecutive_failures.zero_()
                 return torch.from_numpy(w).to(gramian.device)
             warn_and_count(
                 self,
@@ -164,13 +177,18 @@ class FairGrad(GramianWeightingBalancer):
         target = weights.clamp(min=1e-300) ** (-1.0 / self.alpha)
         residual = float(torch.linalg.norm(gramian @ weights - target) / torch.linalg.norm(target))
         if not residual <= self.residual_tol:
-            warn_and_count(
+            record_failure(
                 self,
                 "fairgrad/inexact_solution",
                 f"fairgrad: least_squares did not solve G w = w^(-1/alpha) at step {step.step} "
-                f"(relative residual {residual:.2e} > {self.residual_tol:g}); using its "
+                f"(relative residual {residual:.2e} > {self.residual_tol:g}); used its "
                 "approximate weights",
+                step.step,
+                self.max_failures,
+                self.consecutive_failures,
             )
+        else:
+            self.consecutive_failures.zero_()
         return weights
 
     def hyperparameters(self) -> dict[str, Any]:
@@ -179,4 +197,5 @@ class FairGrad(GramianWeightingBalancer):
             "max_iters": self.max_iters,
             "residual_tol": self.residual_tol,
             "solver": self.solver,
+            "max_failures": self.max_failures,
         }

@@ -59,10 +59,12 @@ class GradNorm(Balancer):
         present = step.present.to(device)
         index = present.nonzero().flatten()
         losses = step.losses.detach().double().to(device)[index]
-        if not bool(torch.isfinite(losses).all()) or bool((losses <= 0).any()):
+        bad = ~torch.isfinite(losses) | (losses <= 0)
+        if bool(bad.any()):
             raise BalancerError(
-                f"gradnorm: the present losses {losses.tolist()} at step {step.step} must be finite "
-                "and strictly positive (training rates are loss ratios)"
+                f"gradnorm: task(s) {self._names(index[bad])} have the loss(es) "
+                f"{losses[bad].tolist()} at step {step.step} (epoch {step.epoch}); GradNorm needs "
+                "finite, strictly positive losses (training rates are loss ratios)"
             )
         weights_now = self.task_weights.clone()
         with torch.no_grad():
@@ -78,11 +80,25 @@ class GradNorm(Balancer):
             grad = torch.sign(weighted - target) * norms
             total = float(w.sum())
             new = (w - self.lr * grad).clamp(min=1e-6)
-            self.task_weights[index] = new * (total / float(new.sum()))
+            new = new * (total / float(new.sum()))
+            if not bool(torch.isfinite(new).all()):
+                off = ~torch.isfinite(norms)  # the cause when there is one, else the symptom
+                off = off if bool(off.any()) else ~torch.isfinite(new)
+                raise BalancerError(
+                    f"gradnorm: the task weights became non-finite at step {step.step} (epoch "
+                    f"{step.epoch}); gradient norm(s) of task(s) {self._names(index[off])}: "
+                    f"{norms[off].tolist()}. Training has probably diverged: lower training.lr "
+                    "or set training.grad_clip"
+                )
+            self.task_weights[index] = new
         out = (weights_now * present.double()).to(
             device=step.losses.device, dtype=step.losses.dtype
         )
         return Combination(weights=out)
+
+    def _names(self, index: torch.Tensor) -> list[str]:
+        """Task names of the given task indices, for messages that say which task failed."""
+        return [self.task_names[int(i)] for i in index.tolist()]
 
     def hyperparameters(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "lr": self.lr}

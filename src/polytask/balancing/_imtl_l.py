@@ -1,11 +1,25 @@
-"""IMTL-L, the loss-balancing half of Impartial Multi-Task Learning (Liu et al. 2021, ICLR).
+"""IMTL-L, the loss-balancing half of Impartial Multi-Task Learning (Liu et al. 2021, ICLR): a
+declared alias of ``uncertainty``.
 
-Each task has a learnable log-scale ``s_i`` (initialised to ``init``, 0 in the paper, so training
-starts from the plain sum) and the combined loss is ``Σ_i (e^{s_i} L_i - s_i)`` over the present
-tasks. Minimising it over ``s_i`` gives ``e^{s_i} L_i = 1``: the scaled losses are kept at the same
-magnitude, and the ``- s_i`` term prevents the trivial solution ``s_i -> -inf``. ``s`` is a
-parameter of the balancer, trained by the model's optimizer (put ``balancer.parameters()`` in it),
-exactly like torchjd's ``IMTLL`` scalarizer; an absent task's ``s_i`` receives no gradient.
+As published, each task has a learnable log-scale ``s_i`` (initialised to ``init``, 0 in the paper)
+and the combined loss is ``Σ_i (e^{s_i} L_i - s_i)`` over the present tasks, ``s`` being trained by
+the model's optimizer; its minimum over ``s_i`` is at ``e^{s_i} L_i = 1`` (scaled losses of equal
+magnitude). Why an alias and not a method of its own: with ``s'_i = -s_i`` that loss is
+``Σ_i (e^{-s'_i} L_i + s'_i)``, which is exactly uncertainty weighting's loss as polytask implements
+it (Kendall et al. 2018 without the 1/2 factors of regression, the same form for every task kind).
+The two give the same gradient to the model and opposite gradients to ``s`` and ``s'``, so any
+optimizer that treats a coordinate and its negation alike (SGD, momentum, Adam, AdamW and their
+decoupled weight decay, all element-wise and odd in the gradient) keeps ``s' = -s`` at every step:
+the updates are identical, not merely similar (torchjd's documentation of its ``IMTLL`` reaches the
+same conclusion, up to the 1/2 factors). There is no other published IMTL-L update to implement:
+the paper learns ``s`` by gradient descent on that very loss. Under its own name the paper's
+configurations keep working, but ``polytask list balancers`` and docs/balancers.md say it is
+``uncertainty``.
+
+Implementation: :class:`~polytask.balancing._uncertainty.Uncertainty` itself, built with
+``init = -init`` so that ``init`` keeps the paper's meaning (the initial log-scale ``s``). The
+learned parameter is therefore ``log_vars = -s`` (``log_scales`` reads ``s``); the reported weights
+are ``e^{s_i}``, as before.
 """
 
 from __future__ import annotations
@@ -13,37 +27,38 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-from torch import nn
+from torch import Tensor
 
 from polytask.balancing._common import check_number
-from polytask.balancing.base import Balancer, Combination, StepInfo
+from polytask.balancing._uncertainty import Uncertainty
 from polytask.balancing.registry import register_balancer
 
 __all__ = ["IMTLL"]
 
 
-@register_balancer("imtl_l")
-class IMTLL(Balancer):
-    """``L = Σ_i e^{s_i} L_i - s_i`` with learnable ``s``."""
+@register_balancer(
+    "imtl_l",
+    alias_of="uncertainty",
+    alias_reason="e^s L - s is e^{-s'} L + s' with s' = -s, which SGD, Adam and AdamW keep "
+    "at every step",
+)
+class IMTLL(Uncertainty):
+    """``L = Σ_i e^{s_i} L_i - s_i``: uncertainty weighting with ``s = -log_vars``."""
 
-    family = "loss"
     reference = (
         "Liu, Li, Kuang, Xue, Chen, Yang, Liao & Zhang 2021, Towards Impartial Multi-task "
         "Learning, ICLR (IMTL-L)"
     )
 
     def __init__(self, task_names: Sequence[str], init: float = 0.0) -> None:
-        super().__init__(task_names)
-        self.init = check_number("imtl_l", "init", init)
-        self.log_scales = nn.Parameter(torch.full((len(task_names),), self.init))
+        value = check_number("imtl_l", "init", init)
+        super().__init__(task_names, init=-value)
+        self.init = value  # the paper's initial log-scale s (reported by hyperparameters())
 
-    def combine(self, step: StepInfo) -> Combination:
-        present = step.present.to(step.losses.dtype)
-        s = self.log_scales.to(step.losses.dtype)
-        scale = torch.exp(s)
-        loss = (present * (scale * step.losses - s)).sum()
-        return Combination(weights=(scale * present).detach(), loss=loss)
+    @property
+    def log_scales(self) -> Tensor:
+        """The paper's ``s`` (a view of ``-log_vars``, for reading; train ``log_vars``)."""
+        return -self.log_vars
 
     def hyperparameters(self) -> dict[str, Any]:
         return {"init": self.init}

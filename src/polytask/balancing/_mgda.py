@@ -14,8 +14,8 @@ on the normalised problem then multiply the *raw* gradients; with a normalisatio
 non-conflict guarantee above only holds for the normalised gradients. All four need only the
 Gramian diagonal and the losses. A zero gradient is left as it is (scale 1).
 
-``mgda_ub`` (:mod:`polytask.balancing._mgda_ub`) is the same weighting meant for the engine's
-representation mode (the paper's MGDA-UB upper bound).
+``mgda_ub`` (:mod:`polytask.balancing._mgda_ub`) is the same solver on the Gramian of the
+gradients of the shared representation, whatever the engine mode (the paper's MGDA-UB).
 """
 
 from __future__ import annotations

@@ -18,8 +18,10 @@ instead of ``g_i``. That code uses a softmax in place of ``Π_Δ``; we follow th
 With missing tasks, ``y`` of absent tasks is left unchanged and the λ step runs on the present
 tasks (their part of ``λ`` renormalised, then scaled back to the mass they had). The estimates have
 the width of ``J`` (the Jacobian is needed, not only its Gramian); if it changes (representation
-mode with a smaller batch) they restart and ``moco/width_changed`` is counted. Returns ``d`` as the
-direction and ``λ`` of the present tasks as weights.
+mode with a smaller batch) they restart and ``moco/width_changed`` is counted. When every present
+task has weight 0 (the projections gave the whole mass to tasks absent from this batch), their
+weights restart uniform and ``moco/weights_restarted`` is counted. Returns ``d`` as the direction and
+``λ`` of the present tasks as weights.
 """
 
 from __future__ import annotations
@@ -136,7 +138,18 @@ class MoCo(Balancer):
             small = index.to(self.lambdas.device)
             lam = self.lambdas[small]
             mass = float(lam.sum())
-            lam = lam / mass if mass > 0 else torch.full_like(lam, 1.0 / lam.numel())
+            if mass > 0:
+                lam = lam / mass
+            else:
+                if lam.numel() > 1:  # a single task's weight is 1 whatever happened before
+                    warn_and_count(
+                        self,
+                        "moco/weights_restarted",
+                        f"moco: every present task has weight 0 at step {step.step} (the "
+                        "projections gave all the mass to tasks absent now); their weights "
+                        "restart uniform",
+                    )
+                lam = torch.full_like(lam, 1.0 / lam.numel())
             yy = (y @ y.T).double().to(lam.device)
             grad = yy @ lam + self.rho * lam
             lam = project_onto_simplex(lam - gamma_t * grad)

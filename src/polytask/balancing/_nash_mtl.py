@@ -17,8 +17,8 @@ formulation, ``optim_niter`` iterations, warm started from the previous step's `
 ``||G α - 1/α|| < 1e-3``), about 100 times slower and only as exact as that stopping rule; both
 solve the same equation, so they agree up to ECOS's tolerance. Each solver falls back on the other
 when its result fails the residual check below (``nash_mtl/ecos_fallback`` or
-``nash_mtl/newton_fallback`` is counted, with a ``RuntimeWarning`` naming the step; the Newton
-path uses ECOS only when cvxpy and ecos are installed).
+``nash_mtl/newton_fallback`` is counted, with a ``RuntimeWarning`` naming the first such step; the
+Newton path uses ECOS only when cvxpy and ecos are installed).
 
 Gramian only. torchjd's API takes the Jacobian but reads nothing else than ``J Jᵀ``; we pass a
 square factor ``F`` with ``F Fᵀ = G``, so the cheap Gramian mode works and the result is the same.
@@ -36,11 +36,12 @@ Silent fallbacks found in torchjd (and the authors' code) and what we do about t
   independent gradients) the solution is the unique minimiser of the strictly convex, self-
   concordant ``½ αᵀGα - Σ log α_i`` (its gradient is ``G α - 1/α``), which damped Newton finds
   from any positive start; ``nash_mtl/newton_fallback`` is counted and a ``RuntimeWarning``
-  names the step. If that fails too (a singular ``G``: no bargaining solution), the previous
-  weights of these tasks are kept (the documented recovery), ``nash_mtl/solver_failed`` is counted
-  and a ``RuntimeWarning`` names the step; after ``max_consecutive_failures`` failed solves in a
-  row a :class:`~polytask.balancing.base.BalancerError` stops training, so it can never silently
-  train with equal weights;
+  names the first such step. If that fails too (a singular ``G``: no bargaining solution), the step is a
+  *failure*: the previous weights of these tasks are kept, ``nash_mtl/solver_failed`` is counted
+  (``warning/balancer/nash_mtl/solver_failed`` in the run's metrics; a ``RuntimeWarning`` the first
+  time), and once more than ``max_failures`` (default 3) steps in a row failed a
+  :class:`~polytask.balancing.base.BalancerError` names the step and stops training, so it can
+  never train for long with stale or equal weights under Nash-MTL's name;
 * with ``solver="ecos"``, a missing ``cvxpy``/``ecos`` raises
   :class:`~polytask.balancing.base.BalancerError` at construction (torchjd's ImportError, with the
   install hint);
@@ -62,9 +63,11 @@ from torch import Tensor
 from polytask.balancing._common import (
     check_choice,
     check_int,
+    check_max_failures,
     check_number,
     factor_of_gramian,
     guarded,
+    record_failure,
     warn_and_count,
 )
 from polytask.balancing.base import (
@@ -140,7 +143,7 @@ class NashMTL(Balancer):
         update_weights_every: int = 1,
         optim_niter: int = 20,
         residual_tol: float = 1e-3,
-        max_consecutive_failures: int = 20,
+        max_failures: int = 3,
         solver: str = "newton",
     ) -> None:
         super().__init__(task_names)
@@ -152,9 +155,7 @@ class NashMTL(Balancer):
         self.residual_tol = check_number(
             "nash_mtl", "residual_tol", residual_tol, low=0.0, low_inclusive=False
         )
-        self.max_consecutive_failures = check_int(
-            "nash_mtl", "max_consecutive_failures", max_consecutive_failures, low=1
-        )
+        self.max_failures = check_max_failures("nash_mtl", max_failures)
         self.solver = check_choice("nash_mtl", "solver", solver, SOLVERS)
         try:
             _make_solver(1, self.optim_niter)
@@ -219,19 +220,15 @@ class NashMTL(Balancer):
             self.alpha[index] = alpha.to(self.alpha)
             self.consecutive_failures.zero_()
             return
-        self.consecutive_failures += 1
-        failures = int(self.consecutive_failures)
-        if failures >= self.max_consecutive_failures:
-            raise BalancerError(
-                f"nash_mtl: the bargaining solve failed {failures} times in a row (last at step {step}, "
-                f"relative residual {residual:.2e}); the tasks' gradients admit no bargaining "
-                "solution or the solver is broken, refusing to go on with stale weights"
-            )
-        warn_and_count(
+        record_failure(
             self,
             "nash_mtl/solver_failed",
             f"nash_mtl: the bargaining solve ({self.solver}) failed at step {step} (relative "
-            f"residual of G a = 1/a: {residual:.2e}); keeping the previous weights {start.round(4).tolist()}",
+            f"residual of G a = 1/a: {residual:.2e}: the tasks' gradients admit no bargaining "
+            f"solution); kept the previous weights {start.round(4).tolist()}",
+            step,
+            self.max_failures,
+            self.consecutive_failures,
         )
 
     def _newton(self, gramian: Tensor, scale: float, step: int) -> Tensor:
@@ -287,6 +284,6 @@ class NashMTL(Balancer):
             "update_weights_every": self.update_weights_every,
             "optim_niter": self.optim_niter,
             "residual_tol": self.residual_tol,
-            "max_consecutive_failures": self.max_consecutive_failures,
+            "max_failures": self.max_failures,
             "solver": self.solver,
         }

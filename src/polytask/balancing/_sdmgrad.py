@@ -15,7 +15,8 @@ matrix is the Gramian and the cheap Gramian mode works.
 State. torchjd keeps the warm-start ``w`` for the rows it is given and resets it when their number
 changes (a batch with a missing task). We keep the full simplex vector as a buffer (checkpointed),
 hand torchjd the renormalised present part before each call, and write its result back scaled to
-the mass the present tasks had.
+the mass the present tasks had. When that mass is 0 (the simplex steps gave it all to tasks absent
+from this batch) the warm start restarts uniform and ``sdmgrad/weights_restarted`` is counted.
 """
 
 from __future__ import annotations
@@ -27,7 +28,12 @@ import torch
 from torch import Tensor
 from torchjd.aggregation import SDMGradWeighting
 
-from polytask.balancing._common import GramianWeightingBalancer, check_int, check_number
+from polytask.balancing._common import (
+    GramianWeightingBalancer,
+    check_int,
+    check_number,
+    warn_and_count,
+)
 from polytask.balancing.base import BalancerError, StepInfo
 from polytask.balancing.registry import register_balancer
 
@@ -77,7 +83,18 @@ class SDMGrad(GramianWeightingBalancer):
         index = step.present_index.to(self.simplex.device)
         sub = self.simplex[index]
         mass = float(sub.sum())
-        start = sub / mass if mass > 0 else torch.full_like(sub, 1.0 / sub.numel())
+        if mass > 0:
+            start = sub / mass
+        else:
+            if sub.numel() > 1:  # a single task's weight is 1 whatever happened before
+                warn_and_count(
+                    self,
+                    "sdmgrad/weights_restarted",
+                    f"sdmgrad: every present task has weight 0 at step {step.step} (the simplex "
+                    "steps gave all the mass to tasks absent now); their warm start restarts "
+                    "uniform",
+                )
+            start = torch.full_like(sub, 1.0 / sub.numel())
         weighting._w = start.to(gramian).clone()
         weighting._state_key = (sub.numel(), gramian.dtype, gramian.device)
         weights = weighting(gramian)

@@ -4,6 +4,9 @@ Each task gets a learnable log-variance ``s_i``; the combined loss is
 ``Σ_i exp(-s_i) L_i + s_i``. The ``+ s_i`` term keeps the weights from collapsing to zero. We use
 the same form for every task kind (the paper's ``1/2`` factors for regression only rescale ``s``),
 as LibMTL and most re-implementations do. ``s`` is trained by the model's optimizer.
+
+``imtl_l`` (IMTL-L, Liu et al. 2021) is a declared alias of this method: its loss
+``e^{s} L - s`` is this one with ``s -> -s`` (see :mod:`polytask.balancing._imtl_l`).
 """
 
 from __future__ import annotations

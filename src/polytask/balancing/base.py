@@ -11,6 +11,10 @@ gradient engine (:mod:`polytask.balancing.engine`) provides exactly that, once p
   ``weights`` or a ``direction`` (a vector of the same width as ``J``'s rows).
 * ``after_step=True``: after the optimizer step the loop recomputes the losses on the same batch
   (no gradient) and hands them to :meth:`Balancer.after_step` (FAMO).
+* ``source="representation"`` (with ``gradients="gramian"``): the Gramian is that of the per-task
+  gradients of the shared *representation*, whatever the engine's mode, and the update of the
+  shared parameters is ``wᵀ J`` (MGDA-UB: weights from the representation, update on the
+  parameters). The engine refuses a model without one shared representation.
 
 ``J`` holds the gradients of the *present* tasks only (a task without a label in the batch has no
 gradient, and a zero row would wrongly pull min-norm methods to zero), with respect to the shared
@@ -32,12 +36,14 @@ __all__ = [
     "BalancerError",
     "Combination",
     "GradientNeed",
+    "GradientSource",
     "Needs",
     "StepInfo",
     "scatter_present",
 ]
 
 GradientNeed = Literal["none", "gramian", "jacobian"]
+GradientSource = Literal["mode", "representation"]
 
 
 class BalancerError(RuntimeError):
@@ -46,10 +52,29 @@ class BalancerError(RuntimeError):
 
 @dataclass(frozen=True)
 class Needs:
-    """What a balancer asks the engine for at every step."""
+    """What a balancer asks the engine for at every step.
+
+    ``source`` says where the gradients are taken: ``"mode"`` (default) follows the engine's mode
+    (all shared parameters in the jacobian and gramian modes, the shared representation in the
+    representation mode); ``"representation"`` always takes them at the shared representation,
+    for a method *defined* on it (MGDA-UB), so that its weights do not depend on a run setting.
+    The engine reads only these declarations, never a balancer's name.
+    """
 
     gradients: GradientNeed = "none"
     after_step: bool = False
+    source: GradientSource = "mode"
+
+    def __post_init__(self) -> None:
+        if self.source not in ("mode", "representation"):
+            raise ValueError(f"unknown gradient source {self.source!r}")
+        if self.source == "representation" and self.gradients != "gramian":
+            # The representation Gramian is all the engine computes on this path; a Jacobian method
+            # on the representation uses the engine's representation mode instead.
+            raise ValueError(
+                "source='representation' is for Gramian weightings (gradients='gramian'), got "
+                f"gradients={self.gradients!r}"
+            )
 
 
 @dataclass
@@ -113,6 +138,10 @@ class Balancer(nn.Module):
     reference: ClassVar[str] = ""
     #: ``True`` if the balancer reads the tasks' static weights (``Task.weight``).
     uses_task_weights: ClassVar[bool] = False
+    #: Set by ``register_balancer(..., alias_of=...)``: the registered method whose update this one
+    #: provably equals, and why (shown by ``polytask list balancers``; exempt from distinctness).
+    alias_of: ClassVar[str | None] = None
+    alias_reason: ClassVar[str] = ""
 
     def __init__(self, task_names: Sequence[str]) -> None:
         super().__init__()
@@ -123,6 +152,9 @@ class Balancer(nn.Module):
         self.task_names = list(task_names)
         #: Counted, non-fatal events (e.g. a solver that needed a fallback); logged per epoch.
         self.warning_counts: dict[str, int] = {}
+        #: Keys already announced by a Python warning: the loop drains ``warning_counts`` every
+        #: epoch, but a recurring event is announced once per balancer, then only counted.
+        self.warned_keys: set[str] = set()
 
     @property
     def num_tasks(self) -> int:

@@ -14,6 +14,10 @@ balancer declared (:class:`~polytask.balancing.base.Needs`), computed once:
     the per-task gradients of the shared representation (the MGDA-UB trick): the balancer's
     direction is then sent through the trunk in one backward pass.
 
+A balancer that declares ``Needs(source="representation")`` (MGDA-UB) gets the Gramian of the
+representation gradients in every mode, and its weights ``w`` are applied to the parameters: the
+update is ``wᵀ J``, sent through the trunk in one backward pass.
+
 Task-specific parameters always receive the gradient of their own task's loss; the balancer decides
 the update of the shared part. Under torch.distributed two modes exist: ``exact`` reproduces the
 single-process update on the global batch (losses, Jacobians or Gramians are summed across ranks
@@ -139,7 +143,7 @@ class GradientEngine:
         self.task_params = {t: model.task_parameters(t) for t in model.task_names}
         self._all_task_params = [p for ps in self.task_params.values() for p in ps]
         self._autogram = None
-        if self._gradients != "none" and mode == "gramian":
+        if self._gradients != "none" and mode == "gramian" and not self._from_representation:
             from torchjd.autogram import Engine
 
             # batch_dim=None: the Gramian of the T task losses, layer by layer. (batch_dim=0 would
@@ -160,6 +164,11 @@ class GradientEngine:
     @property
     def _gradients(self) -> str:
         return self.balancer.needs.gradients
+
+    @property
+    def _from_representation(self) -> bool:
+        """The balancer's weights come from the representation Gramian whatever the mode."""
+        return self.balancer.needs.source == "representation"
 
     @property
     def _cheap(self) -> bool:
@@ -210,6 +219,14 @@ class GradientEngine:
                 f"{name} needs the per-task gradients themselves, not only their Gramian; use "
                 "mode='jacobian' or mode='representation'"
             )
+        if self._from_representation and not self.model.supports_representation_grad:
+            raise EngineError(
+                f"{name} computes its weights from the gradients of the shared representation "
+                f"(in every engine mode), but {type(self.model).__name__} has no single shared "
+                "representation (tasks exchange features inside the trunk), so the method is not "
+                "defined for it; use a model with one shared representation (hard_sharing, mmoe, "
+                "mtan, ple with num_levels=1) or a balancer on the parameters' gradients (mgda)"
+            )
         if self.mode == "representation" and not self.model.supports_representation_grad:
             raise EngineError(
                 f"{type(self.model).__name__} has no single shared representation (tasks exchange "
@@ -218,7 +235,7 @@ class GradientEngine:
             )
         distributed = self.comm.world_size > 1
         if distributed and self.dist_mode == "exact" and need != "none":
-            if self.mode == "gramian":
+            if self.mode == "gramian" and not self._from_representation:
                 raise EngineError(
                     "exact DDP needs the Gramian of the global Jacobian, which is not the sum of the "
                     "ranks' Gramians; use mode='jacobian', mode='representation' or "
@@ -393,6 +410,8 @@ class GradientEngine:
             combination = self._combine(info)  # no label here: take part in the reductions only
         elif self._gradients == "none":
             combination = self._loss_based(info)
+        elif self._from_representation:
+            combination = self._representation_weighted(info, rep, rep_in)
         elif self.mode == "gramian":
             combination = self._gramian_based(info, rep)
         else:
@@ -484,6 +503,28 @@ class GradientEngine:
         self._task_backward(present_losses)
         return combination
 
+    def _representation_weighted(
+        self, info: StepInfo, rep: Tensor | None, rep_in: Tensor | None
+    ) -> Combination:
+        """Weights from the representation Gramian ``R Rᵀ``; the update of the shared part ``wᵀ J``.
+
+        ``R`` holds each present task's gradient with respect to the representation (one small
+        backward per head, which also gives the task parameters their own gradients). By the chain
+        rule ``J = R ∂rep/∂θ``, so ``wᵀ J`` is one backward of ``wᵀ R`` through the trunk: the weighted
+        sum of the task losses' gradients, at the cost of one backward. The rows are this rank's
+        samples, so under exact DDP the global Gramian is the sum of the local ones.
+        """
+        assert rep is not None  # validated: the model has one shared representation
+        rows = self._representation_rows(info, rep_in if rep_in is not None else rep)
+        wide = rows.float() if rows.dtype in (torch.float16, torch.bfloat16) else rows
+        gramian = wide @ wide.T
+        exact = self.comm.world_size > 1 and self.dist_mode == "exact"
+        info.gramian = self.comm.sum(gramian) if exact else gramian
+        combination = self._combine(info)
+        weights = self._weights_for_update(combination)[info.present].to(rows)
+        rep.backward((weights @ rows).view_as(rep))
+        return combination
+
     def _jacobian_based(
         self, info: StepInfo, rep: Tensor | None, rep_in: Tensor | None
     ) -> Combination:
@@ -564,7 +605,12 @@ class GradientEngine:
         """
         if self.comm.world_size == 1:
             return
-        shared_done = exact and self._gradients != "none" and self.mode == "jacobian"
+        shared_done = (
+            exact
+            and self._gradients != "none"
+            and self.mode == "jacobian"
+            and not self._from_representation
+        )
         shared_ids = {id(p) for p in self.shared}
         model_params = [
             p
