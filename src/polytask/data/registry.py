@@ -14,6 +14,7 @@ their own table so that :func:`load_dataset` keeps returning plain :class:`Split
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -142,10 +143,34 @@ register_dataset(
 )(load_qm9)
 
 
+def _forwarding_signature(
+    outer: Callable[..., Any], inner: Callable[..., Any], drop: tuple[str, ...] = ()
+) -> inspect.Signature:
+    """``outer``'s signature with its ``**options`` replaced by what ``inner`` (which gets them) takes.
+
+    Set as ``__signature__`` on loaders that pass options on, so that ``inspect.signature`` (and
+    :func:`polytask.validation.validate_components`, which rejects a misspelt option before any
+    training) sees the options they really accept.
+    """
+    own = [
+        p for p in inspect.signature(outer).parameters.values()
+        if p.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+    names = {p.name for p in own} | set(drop)
+    passed = [
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+        for p in inspect.signature(inner).parameters.values()
+        if p.name not in names
+        and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
+    return inspect.Signature([*own, *passed], return_annotation=inspect.signature(outer).return_annotation)
+
+
 def _moleculenet_loader(set_name: str) -> Loader:
     def loader(**kwargs: Any) -> Splits:
         return load_moleculenet(set_name, **kwargs)
 
+    loader.__signature__ = _forwarding_signature(loader, load_moleculenet, drop=("name",))  # type: ignore[attr-defined]
     loader.__name__ = f"load_{set_name}"
     loader.__doc__ = (
         f"``load_moleculenet({set_name!r}, **kwargs)``: {MOLECULENET[set_name].description}."
@@ -178,3 +203,7 @@ def load_multimnist_two_sources(
 def load_school_sources(seed: int = 0, **options: Any) -> MultiSourceSplits:
     """:func:`load_school` (``options``; ``seed`` draws the 75/25 split), one source per school."""
     return sources_by_task(load_school(seed=seed, **options))
+
+
+for _loader, _inner in ((load_multimnist_two_sources, load_multimnist), (load_school_sources, load_school)):
+    _loader.__signature__ = _forwarding_signature(_loader, _inner)  # type: ignore[attr-defined]

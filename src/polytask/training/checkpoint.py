@@ -77,11 +77,18 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:  # torch's EOFError has an empty message
+        raise CheckpointError(
+            f"checkpoint {path} is empty (0 bytes): it was truncated (a full disk, an unfinished "
+            "copy); polytask itself writes checkpoints atomically, so use another copy or "
+            "checkpoints/last.pt / best.pt of the run"
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for corrupt files
+        reason = str(err) or f"{type(err).__name__} (the file is truncated)"
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or not a polytask checkpoint: {err}"
+            f"checkpoint {path} is corrupt or not a polytask checkpoint: {reason}"
         ) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} does not hold a dictionary")
