@@ -36,6 +36,7 @@ from polytask.data.base import DataError, MultiTaskData, Splits, TaskData
 from polytask.data.batch import Inputs
 from polytask.data.multisource import MultiSourceData, MultiSourceSplits
 from polytask.data.sampling import MultiSourceBatches
+from polytask.evaluation.dense_samples import write_dense_samples
 from polytask.evaluation.metrics import SUMMARY_METRICS
 from polytask.models import create_model, create_trunk
 from polytask.models.base import MultiTaskModel
@@ -462,6 +463,7 @@ def _train_stl(
         tmp = cached.with_name(f"{key}.partial-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         fit(model, sub, balancer, settings, tmp, train_source=source)
+        write_dense_samples(model, [task], sub.val, tmp)
         (tmp / "stl_key.json").write_text(json.dumps(payload, indent=2, default=str))
         try:
             tmp.rename(cached)
@@ -585,6 +587,9 @@ def run_experiment(
                     stl_val=stl_val, stl_test=stl_test, communicator=communicator,
                     resume=resuming,
                 )
+                if communicator is None or communicator.rank == 0:
+                    # the selected model's masks and maps beside the truth, for the report
+                    write_dense_samples(model, tasks, splits.val, run_dir)
                 summary = compute_summary_metrics(config, model, splits) if config.summary_metrics else {}
                 if summary and (run_dir / "results.json").exists():
                     saved = json.loads((run_dir / "results.json").read_text())

@@ -2,12 +2,15 @@
 
 A :class:`Task` is the single place that knows a target's kind. Everything downstream (the model's
 head, the masked loss, torchmetrics, predictions written to disk) asks the task rather than
-branching on kinds itself, so a custom kind only needs a head, a loss and metrics.
+branching on kinds itself. The task in turn hands every kind-specific question to its kind's
+:class:`~polytask.task_kinds.KindSpec` (``task.kind.spec``), so a new kind (segmentation, depth,
+one of your own) is a registration (:func:`~polytask.task_kinds.register_task_kind`), not a branch
+here; ``polytask list tasks`` lists the registered kinds.
 
-Missing labels are first-class: ``NaN`` marks a missing binary, multilabel or regression label, and
-``ignore_index`` (default ``-1``) a missing multiclass label. A sample without a label for a task
-contributes nothing to that task's loss or metrics, and a batch with no label for a task reports the
-task as absent instead of producing ``0 / 0``.
+Missing labels are first-class: ``NaN`` marks a missing binary, multilabel or regression label (or
+depth pixel), and ``ignore_index`` (default ``-1``) a missing multiclass label (or pixel, token). A
+sample without a label for a task contributes nothing to that task's loss or metrics, and a batch
+with no label for a task reports the task as absent instead of producing ``0 / 0``.
 """
 
 from __future__ import annotations
@@ -15,47 +18,38 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from typing import Any
 
 import torch
 import torchmetrics
 from torch import Tensor, nn
-from torch.nn import functional as F
+
+from polytask.task_kinds import (
+    KindSpec,
+    LabelError,
+    MetricFactory,
+    TaskKind,
+    register_task_kind,
+    task_kind_names,
+)
+from polytask.task_kinds.sample import REGRESSION_LOSSES as _REGRESSION_LOSSES
 
 __all__ = [
+    "KindSpec",
     "LabelError",
+    "MetricFactory",
     "Task",
     "TaskKind",
     "available_kinds",
+    "register_task_kind",
 ]
 
-
-class TaskKind(str, Enum):
-    """The built-in kinds of target. ``custom`` needs a user head, loss and metrics."""
-
-    BINARY = "binary"
-    MULTICLASS = "multiclass"
-    MULTILABEL = "multilabel"
-    REGRESSION = "regression"
-    CUSTOM = "custom"
+ElementwiseLoss = Callable[[Tensor, Tensor], Tensor]
 
 
 def available_kinds() -> list[str]:
-    return [k.value for k in TaskKind]
-
-
-class LabelError(ValueError):
-    """A target tensor that cannot be a label of its task (wrong shape, dtype or value)."""
-
-
-ElementwiseLoss = Callable[[Tensor, Tensor], Tensor]
-MetricFactory = Callable[[], torchmetrics.Metric]
-
-_REGRESSION_LOSSES: dict[str, ElementwiseLoss] = {
-    "mse": lambda out, y: F.mse_loss(out, y, reduction="none"),
-    "l1": lambda out, y: F.l1_loss(out, y, reduction="none"),
-    "huber": lambda out, y: F.huber_loss(out, y, reduction="none"),
-}
+    """Names of the registered task kinds (built-ins first)."""
+    return task_kind_names()
 
 
 @dataclass
@@ -64,11 +58,15 @@ class Task:
 
     Args:
         name: unique task name; used as the key of outputs, targets, metrics and weights.
-        kind: ``binary``, ``multiclass``, ``multilabel``, ``regression`` or ``custom``.
-        num_classes: number of classes (multiclass) or of labels (multilabel).
+        kind: a registered kind (``polytask list tasks``): ``binary``, ``multiclass``,
+            ``multilabel``, ``regression``, ``custom``, ``segmentation``, ``depth``, ``normals``,
+            ``token_classification``, ``text_classification`` or one of your own.
+        num_classes: number of classes (multiclass, segmentation, token classification) or of
+            labels (multilabel).
         out_dim: output width for regression (default 1) or custom tasks.
         weight: static weight, used by the ``static`` balancer.
-        ignore_index: the value marking a missing multiclass label.
+        ignore_index: the value marking a missing class label (multiclass, and the unlabelled
+            pixels or tokens of segmentation and token classification, e.g. 255).
         loss: ``"mse"``, ``"l1"``, ``"huber"`` (regression) or a callable
             ``(output, target) -> elementwise loss`` that overrides the kind's default.
         metrics: name -> zero-argument factory of a torchmetrics ``Metric``; overrides the kind's
@@ -79,6 +77,8 @@ class Task:
         pos_weight: optional positive-class weight for binary/multilabel BCE (imbalanced labels).
         standardize: regression only: train on standardized targets (mean/std fitted on the
             training split by :meth:`fit_target_scaler`) and report metrics on the original scale.
+        options: options of the kind (``depth``: ``{"zero_is_missing": False}``); unknown keys
+            are refused.
     """
 
     name: str
@@ -94,6 +94,7 @@ class Task:
     head: Callable[[int], nn.Module] | None = None
     pos_weight: float | None = None
     standardize: bool = True
+    options: dict[str, Any] | None = None
     target_mean_: float = field(default=0.0, repr=False)
     target_std_: float = field(default=1.0, repr=False)
 
@@ -111,19 +112,9 @@ class Task:
                 f"task name {self.name!r} contains '.', which PyTorch module names cannot hold; "
                 f"rename it (e.g. {self.name.replace('.', '_')!r})"
             )
-        if self.kind in (TaskKind.MULTICLASS, TaskKind.MULTILABEL) and (
-            self.num_classes is None or self.num_classes < 2
-        ):
-            raise ValueError(
-                f"task {self.name!r}: kind {self.kind.value} needs num_classes >= 2, "
-                f"got {self.num_classes}"
-            )
-        if self.kind is TaskKind.CUSTOM and (
-            self.head is None or self.loss is None or self.metrics is None or self.out_dim is None
-        ):
-            raise ValueError(
-                f"task {self.name!r}: a custom task needs head, loss, metrics and out_dim"
-            )
+        if self.options is not None:
+            self.options = dict(self.options)
+        self.kind_spec.check(self)
         if isinstance(self.loss, str) and self.loss not in _REGRESSION_LOSSES:
             raise ValueError(
                 f"task {self.name!r}: unknown loss {self.loss!r}; "
@@ -139,15 +130,32 @@ class Task:
                 f"metrics {sorted(self.metric_factories())}"
             )
 
-    # ------------------------------------------------------------------ shapes and heads
+    # ------------------------------------------------------------------ kind, shapes and heads
+    @property
+    def kind_spec(self) -> KindSpec:
+        """The behaviour of this task's kind (loss, metrics, validation, layout)."""
+        assert isinstance(self.kind, TaskKind)
+        return self.kind.spec
+
+    @property
+    def layout(self) -> str:
+        """``sample``, ``dense`` or ``token``: what one target is; the head follows from it."""
+        return self.kind_spec.layout
+
     @property
     def output_dim(self) -> int:
-        if self.kind is TaskKind.BINARY:
-            return 1
-        if self.kind in (TaskKind.MULTICLASS, TaskKind.MULTILABEL):
-            assert self.num_classes is not None
-            return self.num_classes
-        return self.out_dim or 1
+        """Output channels of the head (per sample, pixel or token)."""
+        return self.kind_spec.output_dim(self)
+
+    @property
+    def missing_marker(self) -> float:
+        """The value of a missing label: ``ignore_index`` (class labels) or NaN."""
+        return self.kind_spec.missing_marker(self)
+
+    @property
+    def target_dtype(self) -> torch.dtype:
+        """The dtype targets of this task are stored in (``long`` for class labels)."""
+        return self.kind_spec.target_dtype(self)
 
     def make_head(self, in_features: int) -> nn.Module:
         """The task's head; one linear layer unless the task was given its own factory."""
@@ -155,64 +163,15 @@ class Task:
             return self.head(in_features)
         return nn.Linear(in_features, self.output_dim)
 
-    def _as_2d(self, t: Tensor) -> Tensor:
-        return t.reshape(t.shape[0], -1)
-
     # ------------------------------------------------------------------ labels
     def label_mask(self, target: Tensor) -> Tensor:
-        """Boolean mask of labelled entries: shape ``[B]`` (multiclass, binary) or ``[B, k]``."""
-        if self.kind is TaskKind.MULTICLASS:
-            return target != self.ignore_index
-        if target.is_floating_point():
-            return ~torch.isnan(target)
-        return torch.ones_like(target, dtype=torch.bool)
+        """Boolean mask of labelled entries: ``[B]`` (multiclass, binary), ``[B, k]``, or per
+        pixel / token for dense and sequence kinds."""
+        return self.kind_spec.label_mask(self, target)
 
     def validate_targets(self, target: Tensor, where: str = "") -> None:
         """Raise :class:`LabelError` naming the task (and ``where``) for impossible labels."""
-        loc = f" ({where})" if where else ""
-        if target.ndim == 0:
-            raise LabelError(f"task {self.name!r}{loc}: targets must have a batch dimension")
-        mask = self.label_mask(target)
-        labelled = target[mask]
-        if self.kind is TaskKind.MULTICLASS:
-            if target.is_floating_point():
-                if torch.isnan(target).any():
-                    raise LabelError(
-                        f"task {self.name!r}{loc}: multiclass targets use ignore_index="
-                        f"{self.ignore_index} for missing labels, not NaN"
-                    )
-                if (labelled != labelled.round()).any():
-                    raise LabelError(
-                        f"task {self.name!r}{loc}: multiclass targets must be integers"
-                    )
-            assert self.num_classes is not None
-            bad = (labelled < 0) | (labelled >= self.num_classes)
-            if bad.any():
-                row = int(torch.nonzero(mask.reshape(-1))[bad.nonzero()[0, 0]].item())
-                raise LabelError(
-                    f"task {self.name!r}{loc}: label {labelled[bad][0].item()} at row {row} is out "
-                    f"of range [0, {self.num_classes}) (missing labels use {self.ignore_index})"
-                )
-            return
-        if not target.is_floating_point():
-            target = target.float()
-        if torch.isinf(target).any():
-            row = int(torch.isinf(target).reshape(target.shape[0], -1).any(1).nonzero()[0, 0])
-            raise LabelError(f"task {self.name!r}{loc}: infinite label at row {row}")
-        if self.kind in (TaskKind.BINARY, TaskKind.MULTILABEL):
-            bad = (labelled != 0) & (labelled != 1)
-            if bad.any():
-                raise LabelError(
-                    f"task {self.name!r}{loc}: {self.kind.value} labels must be 0 or 1 (NaN for "
-                    f"missing); found {labelled[bad][0].item()}"
-                )
-        width = self._as_2d(target).shape[1]
-        expected = self.num_classes if self.kind is TaskKind.MULTILABEL else self.output_dim
-        if self.kind is not TaskKind.CUSTOM and width != expected:
-            raise LabelError(
-                f"task {self.name!r}{loc}: targets have {width} column(s) per sample, "
-                f"expected {expected}"
-            )
+        self.kind_spec.validate_targets(self, target, where)
 
     def fit_target_scaler(self, train_targets: Tensor) -> Task:
         """Learn the regression target scale from the training split (no-op for other kinds)."""
@@ -231,34 +190,10 @@ class Task:
         """Per-sample loss summed over the sample's labelled entries, and the number of entries.
 
         Unlabelled entries contribute an exact zero (``torch.where``, so a NaN target can never
-        leak into the gradient). The task's mean loss is ``sample_losses.sum() / count``.
+        leak into the gradient). The task's mean loss is ``sample_losses.sum() / count``; for
+        dense and token kinds an entry is a labelled pixel or token.
         """
-        mask = self.label_mask(target)
-        count = int(mask.sum())
-        if self.kind is TaskKind.MULTICLASS:
-            y = torch.where(mask, target, torch.zeros_like(target)).long()
-            if self.loss is None:
-                per = F.cross_entropy(output, y, reduction="none")
-            else:
-                assert callable(self.loss)
-                per = self.loss(output, y).reshape(output.shape[0])
-            return torch.where(mask, per, torch.zeros_like(per)), count
-        out = self._as_2d(output)
-        m = self._as_2d(mask)
-        y = torch.where(m, self._as_2d(target).to(out.dtype), torch.zeros_like(out))
-        if self.kind is TaskKind.REGRESSION and self.standardize:
-            y = (y - self.target_mean_) / self.target_std_
-        if callable(self.loss):
-            elementwise = self.loss(out, y)
-        elif self.kind in (TaskKind.BINARY, TaskKind.MULTILABEL):
-            pw = None if self.pos_weight is None else out.new_tensor(self.pos_weight)
-            elementwise = F.binary_cross_entropy_with_logits(
-                out, y, reduction="none", pos_weight=pw
-            )
-        else:
-            elementwise = _REGRESSION_LOSSES[self.loss or "mse"](out, y)
-        per = torch.where(m, elementwise, torch.zeros_like(elementwise)).sum(dim=1)
-        return per, count
+        return self.kind_spec.sample_losses(self, output, target)
 
     def loss_and_count(self, output: Tensor, target: Tensor) -> tuple[Tensor, int]:
         """Mean loss over labelled entries and their count.
@@ -273,50 +208,22 @@ class Task:
 
     # ------------------------------------------------------------------ predictions and metrics
     def predict(self, output: Tensor) -> Tensor:
-        """Output in the target's own units: probabilities, class indices or de-standardized values."""
-        if self.kind in (TaskKind.BINARY, TaskKind.MULTILABEL):
-            return torch.sigmoid(output).reshape(output.shape[0], -1).squeeze(-1)
-        if self.kind is TaskKind.MULTICLASS:
-            return output.argmax(dim=-1)
-        if self.kind is TaskKind.REGRESSION:
-            pred = output.reshape(output.shape[0], -1).squeeze(-1)
-            return pred * self.target_std_ + self.target_mean_ if self.standardize else pred
-        return output
+        """Output in the target's own units: probabilities, class indices or de-standardized values
+        (per pixel or token for dense and sequence kinds)."""
+        return self.kind_spec.predict(self, output)
 
     def metric_factories(self) -> dict[str, MetricFactory]:
+        """The task's own metrics when given, else its kind's (torchmetrics)."""
         if self.metrics is not None:
             return dict(self.metrics)
-        from torchmetrics import classification as C
-        from torchmetrics import regression as R
-
-        if self.kind is TaskKind.BINARY:
-            return {"auroc": C.BinaryAUROC, "accuracy": C.BinaryAccuracy}
-        if self.kind is TaskKind.MULTICLASS:
-            n = self.num_classes
-            assert n is not None
-            return {
-                "accuracy": lambda: C.MulticlassAccuracy(num_classes=n, average="micro"),
-                "f1_macro": lambda: C.MulticlassF1Score(num_classes=n, average="macro"),
-            }
-        if self.kind is TaskKind.MULTILABEL:
-            n = self.num_classes
-            assert n is not None
-            return {
-                "auroc": lambda: C.MultilabelAUROC(num_labels=n, ignore_index=-1),
-                "accuracy": lambda: C.MultilabelAccuracy(num_labels=n, ignore_index=-1),
-            }
-        if self.kind is TaskKind.REGRESSION:
-            return {
-                "mae": R.MeanAbsoluteError,
-                "rmse": lambda: R.MeanSquaredError(squared=False),
-                "explained_variance": R.ExplainedVariance,
-            }
-        raise AssertionError("custom tasks carry their own metrics")
+        return self.kind_spec.metric_factories(self)
 
     @property
     def primary(self) -> str:
         if self.primary_metric is not None:
             return self.primary_metric
+        if self.metrics is None:
+            return self.kind_spec.default_primary(self)
         return next(iter(self.metric_factories()))
 
     @property
@@ -350,33 +257,17 @@ class Task:
     def update_metrics(
         self, metrics: torchmetrics.MetricCollection, output: Tensor, target: Tensor
     ) -> int:
-        """Feed only labelled samples to ``metrics``; return how many were fed."""
-        mask = self.label_mask(target)
-        if self.kind is TaskKind.MULTICLASS:
-            if int(mask.sum()) == 0:
-                return 0
-            metrics.update(output[mask], target[mask].long())
-            return int(mask.sum())
-        if self.kind is TaskKind.MULTILABEL:
-            rows = mask.any(dim=1)
-            if int(rows.sum()) == 0:
-                return 0
-            y = torch.where(mask, target, torch.full_like(target, -1)).long()
-            metrics.update(torch.sigmoid(output[rows]), y[rows])
-            return int(mask.sum())
-        pred = self.predict(output).reshape(-1)
-        flat_mask = mask.reshape(-1)
-        if int(flat_mask.sum()) == 0:
-            return 0
-        y = target.reshape(-1)[flat_mask]
-        if self.kind is TaskKind.BINARY:
-            y = y.long()
-        metrics.update(pred[flat_mask], y)
-        return int(flat_mask.sum())
+        """Feed only labelled samples (pixels, tokens) to ``metrics``; return how many were fed."""
+        return self.kind_spec.update_metrics(self, metrics, output, target)
 
     def to_config(self) -> dict[str, object]:
-        """The serialisable part of the task (callables are not)."""
-        return {
+        """The serialisable part of the task (callables are not).
+
+        ``options`` appears only when set, so the configs (and the single-task baseline cache
+        keys, which hash them) of tasks without kind options are what they were before kinds
+        had options.
+        """
+        config: dict[str, object] = {
             "name": self.name,
             "kind": self.kind.value,
             "num_classes": self.num_classes,
@@ -391,3 +282,6 @@ class Task:
             "target_mean_": self.target_mean_,
             "target_std_": self.target_std_,
         }
+        if self.options is not None:
+            config["options"] = dict(self.options)
+        return config

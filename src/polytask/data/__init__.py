@@ -9,6 +9,7 @@ from __future__ import annotations
 from polytask.data.base import DataError, MultiTaskData, Splits, iterate_batches, random_split
 from polytask.data.census import load_census
 from polytask.data.files import KNOWN_FILES, resolve
+from polytask.data.mnist_scenes import load_mnist_scenes
 from polytask.data.molecules import load_moleculenet, load_smiles_csv
 from polytask.data.multimnist import load_multimnist
 from polytask.data.multisource import (
@@ -45,6 +46,7 @@ __all__ = [
     "iterate_batches",
     "load_census",
     "load_dataset",
+    "load_mnist_scenes",
     "load_moleculenet",
     "load_multimnist",
     "load_multisource",

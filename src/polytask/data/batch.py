@@ -20,7 +20,6 @@ that lack a key, naming the dataset index of the offending item.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Union
 
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from polytask.tasks import Task, TaskKind
+from polytask.tasks import Task
 
 __all__ = [
     "Batch",
@@ -89,8 +88,12 @@ def input_device(inputs: Inputs) -> torch.device:
 
 
 def missing_value(task: Task) -> float:
-    """The marker of a missing label of ``task``: its ``ignore_index`` (multiclass) or NaN."""
-    return float(task.ignore_index) if task.kind is TaskKind.MULTICLASS else math.nan
+    """The marker of a missing label of ``task``: its ``ignore_index`` (class labels) or NaN.
+
+    The task's kind decides (:attr:`polytask.tasks.Task.missing_marker`), so registered kinds
+    (segmentation's ignore index, depth's NaN) are filled their own way.
+    """
+    return task.missing_marker
 
 
 def _as_tensor(value: Any, where: str) -> Tensor:
@@ -229,7 +232,14 @@ class MultiTaskCollate:
             if t.get(task.name) is not None
         }
         if not rows:
-            scalar = task.output_dim == 1 or task.kind is TaskKind.MULTICLASS
+            if task.layout != "sample":
+                # a dense or token target's shape (H, W or L) cannot be guessed from the task
+                raise BatchError(
+                    f"items {ids[0]}..{ids[-1]}: no item labels the {task.layout} task "
+                    f"{task.name!r}, so its target shape is unknown; return a target full of its "
+                    f"missing marker ({task.missing_marker}) for unlabelled items instead"
+                )
+            scalar = task.output_dim == 1 or task.kind_spec.index_labels
             return _filled(task, len(targets), () if scalar else (task.output_dim,))
         ref = next(iter(rows.values()))
         for row, t in rows.items():
@@ -245,6 +255,4 @@ class MultiTaskCollate:
 
 
 def _filled(task: Task, n: int, shape: tuple[int, ...]) -> Tensor:
-    if task.kind is TaskKind.MULTICLASS:
-        return torch.full((n, *shape), task.ignore_index, dtype=torch.long)
-    return torch.full((n, *shape), math.nan, dtype=torch.float32)
+    return torch.full((n, *shape), task.missing_marker, dtype=task.target_dtype)

@@ -15,7 +15,10 @@ status, 4 the education. Label columns are removed from the features. The numeri
 wage per hour, capital gains / losses, dividends, persons worked for employer, weeks worked) are
 standardized with training statistics; every other column, including the integer-coded industry /
 occupation recodes, "own business", "veterans benefits" and "year", is one-hot encoded with
-categories from the training split (via :class:`~polytask.data.table.TablePreprocessor`).
+categories from the training split (via :class:`~polytask.data.table.TablePreprocessor`). With
+``categorical_encoding="embedding"`` those columns are integer codes for the ``tabular`` trunk's
+embedding tables instead (``{"numeric": [N, 7], "categorical": [N, C]}``, code 0 = unknown), the
+input that MMoE / PLE were designed around.
 
 Known leak, kept for comparability with the MMoE setting: the household-status columns 22 and 23
 ("Child 18+ never marr ...") partly encode the marital status, which is why "never married" is
@@ -141,6 +144,7 @@ def load_census(
     three_tasks: bool = False,
     seed: int = 0,
     max_rows: int | None = None,
+    categorical_encoding: str = "onehot",
 ) -> Splits:
     """Census-income splits with tasks ``income``, ``marital`` (and ``education``).
 
@@ -149,9 +153,12 @@ def load_census(
         three_tasks: add the ``education`` task (bachelor's degree or higher).
         seed: seeds the 70 / 15 / 15 shuffle of the rows (see the module docstring).
         max_rows: use only the first ``max_rows`` rows of the file (before shuffling).
+        categorical_encoding: ``"onehot"`` (one float tensor) or ``"embedding"`` (numeric
+            features and category codes, for the ``tabular`` trunk).
 
     ``row_ids`` are 0-based row numbers of the file; ``info["preprocessing"]`` holds the fitted
-    :class:`~polytask.data.table.TablePreprocessor` as a dict.
+    :class:`~polytask.data.table.TablePreprocessor` as a dict, and with the embedding encoding
+    ``info["cardinalities"]`` the number of codes of each categorical column.
     """
     df = read_census(path, max_rows)
     labels: dict[str, np.ndarray] = {
@@ -174,7 +181,9 @@ def load_census(
     }
     if any(idx.size == 0 for idx in parts.values()):
         raise DataError(f"census: {n} rows are too few for a 70/15/15 split")
-    pre = TablePreprocessor(features, categorical).fit(df.iloc[parts["train"]])
+    pre = TablePreprocessor(
+        features, categorical, categorical_encoding=categorical_encoding
+    ).fit(df.iloc[parts["train"]])
     tasks = [Task(name, "binary") for name in labels]
     data: dict[str, MultiTaskData] = {}
     unseen: dict[str, dict[str, int]] = {}
@@ -205,6 +214,7 @@ def load_census(
             },
             "preprocessing": pre.to_dict(),
             "unseen_categories": unseen,
+            **({"cardinalities": pre.cardinalities} if categorical_encoding == "embedding" else {}),
         },
     )
     return splits.validate().fit_target_scalers()

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from polytask.data.base import Batch, DataError, MultiTaskData, Splits
-from polytask.tasks import Task, TaskKind
+from polytask.tasks import Task
 
 __all__ = [
     "MultiSourceData",
@@ -135,7 +135,7 @@ class MultiSourceData:
 
     @staticmethod
     def _dtype(task: Task, y: Tensor) -> torch.dtype:
-        if task.kind is TaskKind.MULTICLASS:
+        if task.kind_spec.index_labels:  # multiclass, segmentation, token classification
             return torch.long
         return y.dtype if y.is_floating_point() else torch.float32
 
@@ -169,12 +169,10 @@ class MultiSourceData:
 
     # ------------------------------------------------------------------ batches
     def missing(self, task: str, n: int) -> Tensor:
-        """``n`` rows of 'no label' for ``task``: ``ignore_index`` (multiclass) or NaN."""
+        """``n`` rows of 'no label' for ``task``: its kind's marker (``ignore_index`` or NaN)."""
         t = self._by_name[task]
         shape, dtype = self._template[task]
-        if t.kind is TaskKind.MULTICLASS:
-            return torch.full((n, *shape), t.ignore_index, dtype=dtype)
-        return torch.full((n, *shape), float("nan"), dtype=dtype)
+        return torch.full((n, *shape), t.missing_marker, dtype=dtype)
 
     def batch(self, source: int | str, index: Tensor) -> Batch:
         """Rows ``index`` of ``source`` with every task's targets (missing ones filled)."""

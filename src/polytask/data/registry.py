@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from polytask.data.base import DataError, Splits
 from polytask.data.census import load_census
+from polytask.data.mnist_scenes import load_mnist_scenes
 from polytask.data.molecules import MOLECULENET, load_moleculenet
 from polytask.data.multimnist import load_multimnist
 from polytask.data.multisource import MultiSourceSplits, multimnist_two_sources, sources_by_task
@@ -129,6 +130,11 @@ register_dataset(
     "multimnist",
     "MultiMNIST (Sener & Koltun 2018): two overlaid real MNIST digits, tasks left/right (10-class)",
 )(load_multimnist)
+register_dataset(
+    "mnist_scenes",
+    "MNIST scenes: 2-4 real digits at random depths on a 48x48 canvas, per-pixel segmentation "
+    "(11 classes) and depth (dense; boxes kept)",
+)(load_mnist_scenes)
 register_dataset(
     "census",
     "UCI Census-income (KDD) test file, MMoE tasks income>50K and never-married (binary)",

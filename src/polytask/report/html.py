@@ -651,6 +651,7 @@ def _render_run(page: _Page, run: RunData, *, level: int, prefix: str) -> None:
         _loss_section(page, run, metrics, level, prefix, best, vline_label)
         _val_section(page, run, metrics, level, prefix, best, vline_label)
         _schedule_section(page, metrics, level, prefix)
+    _dense_section(page, run, level, prefix)
     _weights_section(page, run, level, prefix)
     if run.experts is not None:
         _experts_section(page, run, run.experts, level, prefix)
@@ -1104,6 +1105,29 @@ def _experts_section(
         ylabels=dict.fromkeys(panels, "weight"),
     )
     page.figure(png, "expert gate weights over epochs", "One panel per task, one line per expert.")
+
+
+def _dense_section(page: _Page, run: RunData, level: int, prefix: str) -> None:
+    """Predicted masks and maps beside the truth, when the run saved dense validation samples."""
+    from polytask.evaluation.dense_samples import DENSE_SAMPLES_FILE, read_dense_samples
+
+    path = run.directory / DENSE_SAMPLES_FILE
+    if not path.exists():
+        return
+    page.heading(level, "Dense predictions", f"{prefix}dense")
+    try:
+        samples = read_dense_samples(path)
+    except (OSError, ValueError, KeyError) as err:
+        page.note(f"{DENSE_SAMPLES_FILE} could not be read: {err}")
+        return
+    page.figure(
+        plots.dense_samples(samples["input"], samples["tasks"], "first validation samples"),
+        "input, truth and prediction of each dense task",
+        "The first validation samples, predicted by the selected model: each dense task's truth "
+        "beside its prediction (grey: unlabelled pixels; classes keep one colour; a depth map's "
+        "truth and prediction share one colour scale, and its prediction is shown where the "
+        "truth is labelled).",
+    )
 
 
 def _warnings_section(page: _Page, run: RunData, level: int, prefix: str) -> None:

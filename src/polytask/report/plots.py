@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from matplotlib import colormaps
 from matplotlib.axes import Axes
@@ -32,6 +33,7 @@ __all__ = [
     "Series",
     "bar_panels",
     "bar_plot",
+    "dense_samples",
     "heatmap",
     "histogram",
     "line_panels",
@@ -387,4 +389,93 @@ def heatmap(
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    return _to_png(fig)
+
+
+def _dense_panel(ax: Axes, values: Any, task: Mapping[str, Any], scale: tuple[float, float]) -> None:
+    """One dense map: classes (fixed colours), depth (shared colour scale) or normals (RGB)."""
+    import numpy as np
+
+    kind = task.get("kind")
+    if kind == "segmentation":
+        classes = max(2, int(task.get("num_classes") or 2))
+        masked = np.ma.masked_where((values < 0) | (values >= classes), values)
+        cmap = colormaps["tab20"].resampled(classes).with_extremes(bad="0.85")
+        ax.imshow(masked, cmap=cmap, vmin=-0.5, vmax=classes - 0.5, interpolation="nearest")
+    elif values.ndim == 3 and values.shape[0] == 3:  # normals [3, H, W] -> RGB
+        rgb = np.clip((np.nan_to_num(np.moveaxis(values, 0, -1)) + 1) / 2, 0, 1)
+        rgb[~np.isfinite(values).all(axis=0) | (values == 0).all(axis=0)] = 0.85
+        ax.imshow(rgb, interpolation="nearest")
+    else:
+        flat = values.reshape(values.shape[-2:])
+        cmap = colormaps["viridis"].with_extremes(bad="0.85")
+        ax.imshow(np.ma.masked_invalid(flat), cmap=cmap, vmin=scale[0], vmax=scale[1],
+                  interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _labelled(truth: Any, task: Mapping[str, Any]) -> Any:
+    """Where a depth-like or normal map is labelled (a mask broadcastable to ``truth``)."""
+    import numpy as np
+
+    if task.get("kind") == "normals" and truth.ndim == 3:
+        return (np.isfinite(truth).all(axis=0) & (truth != 0).any(axis=0))[None]
+    mask = np.isfinite(truth)
+    if task.get("kind") == "depth" and (task.get("options") or {}).get("zero_is_missing", True):
+        mask &= truth != 0
+    return mask
+
+
+def dense_samples(image: Any, tasks: Mapping[str, Mapping[str, Any]], title: str) -> bytes:
+    """Rows of samples: the input, then each dense task's truth beside its prediction.
+
+    ``image`` is ``[n, H, W]`` or ``[n, H, W, 3]`` (or None); each task maps to ``kind``,
+    ``num_classes``, ``truth`` and ``pred`` arrays with the samples first. Unlabelled pixels are
+    grey; a depth-like task's truth and prediction share one colour scale (the truth's range), so
+    the two panels can be compared by colour, and its prediction is shown where the truth is
+    labelled only (elsewhere nothing scores it). Segmentation predictions are shown everywhere:
+    background is a class.
+    """
+    import numpy as np
+
+    names = list(tasks)
+    n = min(len(tasks[name]["truth"]) for name in names) if names else 0
+    cols = (image is not None) + 2 * len(names)
+    if n == 0 or cols == 0:
+        fig = _new_figure(_PANEL_W, 1.5)
+        _no_data(fig.add_subplot())
+        return _to_png(fig)
+    side = 1.35
+    fig = _new_figure(0.3 + side * cols, 0.85 + side * n)
+    _margins(fig, left=0.15, right=0.15, top=0.75, bottom=0.1, wspace=0.08, hspace=0.08,
+             rows=n, cols=cols)
+    axes = fig.subplots(n, cols, squeeze=False)
+    scales = {}
+    for name in names:
+        truth = np.asarray(tasks[name]["truth"], dtype=float)
+        finite = truth[np.isfinite(truth)]
+        scales[name] = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    for row in range(n):
+        col = 0
+        if image is not None:
+            axes[row, 0].imshow(image[row], cmap="gray" if image.ndim == 3 else None,
+                                interpolation="nearest")
+            axes[row, 0].set_xticks([])
+            axes[row, 0].set_yticks([])
+            col = 1
+        for name in names:
+            truth = np.asarray(tasks[name]["truth"], dtype=float)[row]
+            for which in ("truth", "pred"):
+                values = np.asarray(tasks[name][which])[row]
+                if which == "pred" and tasks[name].get("kind") != "segmentation":
+                    values = np.where(_labelled(truth, tasks[name]), values, np.nan)
+                _dense_panel(axes[row, col], values, tasks[name], scales[name])
+                if row == 0:
+                    label = "truth" if which == "truth" else "prediction"
+                    axes[row, col].set_title(f"{name}\n{label}", fontsize="small")
+                col += 1
+    if image is not None:
+        axes[0, 0].set_title("input", fontsize="small")
+    fig.suptitle(title, fontsize="medium", y=1 - 0.12 / fig.get_size_inches()[1])
     return _to_png(fig)

@@ -57,13 +57,8 @@ def chance_loss(task: Task) -> float | None:
     """
     if callable(task.loss) or task.kind is TaskKind.CUSTOM:
         return None
-    if task.kind in (TaskKind.BINARY, TaskKind.MULTILABEL):
-        return math.log(2.0) * max(1.0, task.pos_weight or 1.0)
-    if task.kind is TaskKind.MULTICLASS:
-        return math.log(task.num_classes or 2)
-    if task.kind is TaskKind.REGRESSION and task.standardize:
-        return 1.0
-    return None
+    # the kind knows its scale (log C for classes, 1 for standardized values, cosine losses...)
+    return task.kind_spec.chance_loss(task)
 
 
 def parameter_norm(model: nn.Module) -> float:
