@@ -126,8 +126,8 @@ def test_heads_follow_the_feature_spec() -> None:
     seq[:, 2:] = 0  # padded positions
     expected = head.linear(seq[:, :2].mean(dim=1))
     torch.testing.assert_close(head(seq), expected)
-    dense = Task("d", "regression")
-    dense.layout = "dense"  # type: ignore[attr-defined]
+    dense = Task("d", "depth")
+    assert dense.layout == "dense"
     with pytest.raises(HeadError, match=r"task 'd' \(dense targets\) needs a feature map"):
         make_task_head(dense, FeatureSpec("vector", 5))
 
