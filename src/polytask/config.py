@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 import textwrap
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -26,7 +26,8 @@ from pydantic import (
     model_validator,
 )
 
-from polytask.training.settings import TrainSettings
+if TYPE_CHECKING:  # TrainSettings extends TrainingConfig: imported where it is built
+    from polytask.training.settings import TrainSettings
 
 __all__ = [
     "BalancerConfig",
@@ -300,7 +301,12 @@ class TrainingConfig(_Strict):
     device: str = Field(
         "auto", description="auto (CUDA, then MPS, then CPU) or a torch device name (cpu, cuda:1)"
     )
-    amp: bool = Field(False, description="mixed precision (bfloat16 autocast) in the forward pass")
+    amp: bool | Literal["bf16", "fp16"] = Field(
+        False,
+        description="mixed precision of the forward pass: false; bf16 (bfloat16 autocast, CPU or "
+        "CUDA; true means bf16); fp16 (CUDA only: float16 autocast and loss scaling by a "
+        "GradScaler, whose skipped inf/NaN steps are counted as a warning)",
+    )
     patience: int | None = Field(
         None, ge=1, description="early stopping: epochs without a better validation score"
     )
@@ -332,7 +338,10 @@ class TrainingConfig(_Strict):
     )
 
     def settings(self, seed: int, **extra: Any) -> TrainSettings:
-        return TrainSettings(**self.model_dump(exclude={"sampling"}), seed=seed, extra=dict(extra))
+        """These settings for one run of ``seed`` (``extra``: labels written to results.json)."""
+        from polytask.training.settings import TrainSettings
+
+        return TrainSettings(**dict(self), seed=seed, extra=dict(extra))
 
 
 class BaselineConfig(_Strict):

@@ -6,9 +6,9 @@
         -m polytask.training.distributed CONFIG [--out OUT]
 
 Each worker (:func:`main`) joins the process group (:func:`init_from_env`: gloo on CPU, nccl on
-CUDA), wraps it in a :class:`TorchDistributedCommunicator` and runs the whole experiment with it.
-The gradient engine does the rest (see :mod:`polytask.balancing.engine` and
-``docs/distributed.md``).
+CUDA), wraps it in a :class:`~polytask.collectives.TorchDistributedCommunicator` and runs the whole
+experiment with it. This module is the set-up only: every collective call a training step makes
+lives in :mod:`polytask.collectives` (see ``docs/distributed.md``).
 
 Conventions:
 
@@ -42,61 +42,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
 
-from polytask.balancing.engine import Communicator
+from polytask.collectives import Communicator, TorchDistributedCommunicator
 
 __all__ = ["TorchDistributedCommunicator", "init_from_env", "launch", "main"]
-
-#: dtypes gloo reduces natively; others are reduced in float32 / int64 and cast back.
-_GLOO_DTYPES = {torch.float32, torch.float64, torch.int32, torch.int64, torch.uint8, torch.int8}
-
-
-class TorchDistributedCommunicator(Communicator):
-    """Sums and means across the ranks of an initialised ``torch.distributed`` process group.
-
-    ``sum`` returns a new, detached tensor with the input's dtype and device (booleans are summed
-    as ``int64`` counts); the input is left untouched. Tensors are moved to where the backend can
-    reduce them (CPU for gloo, the current CUDA device for nccl) and back. Reductions are not
-    differentiable: the engine builds its surrogate losses around them.
-    """
-
-    def __init__(self, group: Any = None) -> None:
-        if not (dist.is_available() and dist.is_initialized()):
-            raise RuntimeError(
-                "torch.distributed is not initialised: call init_from_env() (or "
-                "torch.distributed.init_process_group) first"
-            )
-        self.group = group
-        self.rank = dist.get_rank(group)
-        self.world_size = dist.get_world_size(group)
-        self.backend = str(dist.get_backend(group))
-
-    def _work_layout(self, t: Tensor) -> tuple[torch.device, torch.dtype]:
-        dtype = t.dtype
-        if dtype == torch.bool:
-            dtype = torch.int64
-        if self.backend == "gloo":
-            device = torch.device("cpu")
-            if dtype not in _GLOO_DTYPES:
-                dtype = torch.float32 if dtype.is_floating_point else torch.int64
-        elif self.backend == "nccl":
-            device = t.device if t.device.type == "cuda" else torch.device("cuda")
-        else:
-            device = t.device
-        return device, dtype
-
-    def sum(self, t: Tensor) -> Tensor:
-        device, dtype = self._work_layout(t)
-        buf = t.detach().to(
-            device=device, dtype=dtype, copy=True, memory_format=torch.contiguous_format
-        )
-        dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=self.group)
-        out_dtype = torch.int64 if t.dtype == torch.bool else t.dtype
-        return buf.to(device=t.device, dtype=out_dtype)
-
-    def mean(self, t: Tensor) -> Tensor:
-        return self.sum(t) / self.world_size
 
 
 def _default_backend() -> str:

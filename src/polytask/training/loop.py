@@ -1,10 +1,10 @@
 """The training loop: plain PyTorch, readable top to bottom, and blind to the balancing method.
 
-Each step asks the :class:`~polytask.balancing.engine.GradientEngine` for gradients (it provides
-whatever the balancer declared), clips, steps the optimizer, and gives the balancer its extra
-forward if it asked for one. Each epoch evaluates on validation, keeps the best model by the
-selection criterion, and writes a checkpoint. The test split is evaluated once, at the end, with
-the selected model.
+Each batch goes through :func:`~polytask.training.step.train_step` (forward under autocast,
+masked losses, the gradient strategy the balancer's needs call for, the DDP reduction, clipping,
+the optimizer step, the balancer's extra forward if it asked for one). Each epoch evaluates on
+validation, keeps the best model by the selection criterion, and writes a checkpoint. The test
+split is evaluated once, at the end, with the selected model.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ import json
 import math
 import random
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,9 +25,9 @@ import torch
 from tqdm.auto import tqdm
 
 from polytask.balancing.base import Balancer
-from polytask.balancing.engine import Communicator, GradientEngine
+from polytask.balancing.engine import GradientEngine, StepOutput
+from polytask.collectives import Communicator
 from polytask.data.base import Batch, Splits, TaskData
-from polytask.data.batch import move_to
 from polytask.evaluation.metrics import EvaluationError, delta_m, evaluate, mean_primary
 from polytask.models.base import MultiTaskModel
 from polytask.tasks import Task
@@ -37,7 +39,9 @@ from polytask.training.checkpoint import (
     save_checkpoint,
 )
 from polytask.training.logging import RunLogger
+from polytask.training.precision import Precision
 from polytask.training.settings import TrainSettings
+from polytask.training.step import train_step
 
 __all__ = ["FitResult", "NonFiniteLossError", "TrainingError", "fit", "resolve_device"]
 
@@ -181,6 +185,7 @@ def fit(
     comm = communicator or Communicator()
     rule = _resolve_rule(s.selection, stl_val)
     device = resolve_device(s.device)
+    precision = Precision.of(s.amp, device)  # fp16 off CUDA is refused before any work
     seed_everything(s.seed)
     model.to(device)
     balancer.to(device)
@@ -188,7 +193,7 @@ def fit(
     scheduler = _scheduler(optimizer, s)
     engine = GradientEngine(
         model, tasks, balancer, mode=s.engine, chunk_size=s.chunk_size, communicator=comm,
-        dist_mode=s.dist_mode, seed=s.seed, amp=s.amp,
+        dist_mode=s.dist_mode, seed=s.seed,
     )
     last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
     start_epoch, step = 0, 0
@@ -200,6 +205,7 @@ def fit(
         balancer.load_state_dict(state["balancer"])
         if scheduler is not None and state.get("scheduler") is not None:
             scheduler.load_state_dict(state["scheduler"])
+        precision.load_state_dict(state.get("scaler"))
         restore_rng(state["rng"])
         start_epoch, step, best = state["epoch"] + 1, state["step"], dict(state["selection"])
     is_main = comm.rank == 0
@@ -212,7 +218,6 @@ def fit(
         tensorboard=s.tensorboard and is_main,
     )
     train_data: TaskData = splits.train
-    non_blocking = device.type == "cuda"
     started = time.perf_counter()
     from polytask.training.divergence import DivergenceMonitor  # it imports this module
 
@@ -230,24 +235,23 @@ def fit(
                 s.batch_size, shuffle=True, generator=generator,
                 rank=comm.rank, world_size=comm.world_size,
             )
-        loss_sum = torch.zeros(len(tasks), dtype=torch.float64)
-        loss_n = torch.zeros(len(tasks), dtype=torch.float64)
-        for x, y in batches:
-            x = move_to(x, device, non_blocking)
-            y = {k: v.to(device, non_blocking=non_blocking) for k, v in y.items()}
-            optimizer.zero_grad(set_to_none=True)
-            out = engine.backward(x, y, step, epoch)
+        # on the device: read back once per epoch, not once per step
+        loss_sum = torch.zeros(len(tasks), dtype=torch.float64, device=device)
+        loss_n = torch.zeros(len(tasks), dtype=torch.float64, device=device)
+        for batch in batches:
+            check = partial(_check_output, names=model.task_names, step=step, epoch=epoch, last=last_path)
+            out = train_step(
+                engine, optimizer, batch, step, epoch, device=device, precision=precision,
+                grad_clip=s.grad_clip, check=check,
+            )  # fmt: skip
             if out is None:
                 logger.count("batch_without_labels")
                 continue
-            _check_finite(out.losses, out.present, model.task_names, step, epoch, last_path)
-            if s.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-            optimizer.step()
-            engine.after_step(x, y)
+            if out.skipped:
+                _count_skipped_update(logger, step)
             logger.step(step, epoch, out.weights.cpu(), model.gate_weights())
-            loss_sum += torch.where(out.present, out.losses, 0).double().cpu()
-            loss_n += out.present.double().cpu()
+            loss_sum += torch.where(out.present, out.losses, 0).double()
+            loss_n += out.present.double()
             step += 1
         val, val_warnings = evaluate(model, tasks, splits.val, s.eval_batch_size, device)
         for key, n in {**val_warnings, **_drain(balancer)}.items():
@@ -268,13 +272,19 @@ def fit(
         if score > best["score"]:
             best = {"score": score, "epoch": epoch, "bad_epochs": 0}
             if is_main:
-                save_checkpoint(best_path, _state(model, optimizer, scheduler, balancer, epoch, step, best))
+                save_checkpoint(
+                    best_path,
+                    _state(model, optimizer, scheduler, balancer, epoch, step, best, precision),
+                )
         else:
             best["bad_epochs"] += 1
         if is_main:
             logger.epoch(epoch, rows)
             if (epoch + 1) % s.checkpoint_every == 0 or epoch == s.epochs - 1:
-                save_checkpoint(last_path, _state(model, optimizer, scheduler, balancer, epoch, step, best))
+                save_checkpoint(
+                    last_path,
+                    _state(model, optimizer, scheduler, balancer, epoch, step, best, precision),
+                )
         bar.set_postfix(loss=f"{sum(train_loss):.3f}", score=f"{score:.4f}")
         if s.patience is not None and best["bad_epochs"] >= s.patience:
             break
@@ -359,8 +369,9 @@ def _state(
     epoch: int,
     step: int,
     best: dict[str, Any],
+    precision: Precision | None = None,
 ) -> dict[str, Any]:
-    return {
+    state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -371,6 +382,24 @@ def _state(
         "task_names": model.task_names,
         "rng": capture_rng(),
     }
+    scaler = None if precision is None else precision.state_dict()
+    if scaler is not None:  # fp16: the loss scale and its growth tracker, for an exact resume
+        state["scaler"] = scaler
+    return state
+
+
+def _count_skipped_update(logger: RunLogger, step: int) -> None:
+    """fp16: the scaler skipped an update (inf/NaN gradients); counted, announced once per run."""
+    key = "amp/skipped_updates"
+    if key not in logger.warnings:
+        warnings.warn(
+            f"amp fp16: the update of step {step} was skipped by the grad scaler (inf/NaN "
+            "gradients; the loss scale was lowered); later skips are counted as "
+            f"warning/{key} in the run's metrics",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    logger.count(key)
 
 
 def _check_finite(
@@ -384,6 +413,11 @@ def _check_finite(
             f"loss of task {names[i]!r} is {float(losses[i])} at step {step} (epoch {epoch}); "
             f"training stopped, {kept}"
         )
+
+
+def _check_output(out: StepOutput, *, names: list[str], step: int, epoch: int, last: Path) -> None:
+    """train_step's check: a non-finite loss stops the run before its update is applied."""
+    _check_finite(out.losses, out.present, names, step, epoch, last)
 
 
 def _drain(balancer: Balancer) -> dict[str, int]:

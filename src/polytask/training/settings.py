@@ -1,66 +1,44 @@
-"""Training settings: one validated dataclass the loop reads (the YAML config maps onto it)."""
+"""Training settings: the validated training config, plus what one run adds.
+
+:class:`~polytask.config.TrainingConfig` is the one definition of every training key (type,
+default, bounds, description). The loop reads a :class:`TrainSettings`, which *is* that model
+extended by the three things a single run adds: its ``seed`` (an experiment has a list of seeds),
+how often it writes its checkpoint, and labels for its ``results.json``. A key added to the config
+therefore reaches the loop with its validation and help text, and the two can no longer drift
+(a second hand-written class used to repeat every field and its checks).
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
+
+from pydantic import Field
+
+from polytask.config import TrainingConfig
 
 __all__ = ["TrainSettings"]
 
 
-@dataclass
-class TrainSettings:
-    """How to train. Every field has a default that works on the bundled demo.
+class TrainSettings(TrainingConfig):
+    """How to train one run: every training key of the config, plus the run's own settings.
 
-    ``selection`` chooses the validation criterion for model selection and early stopping:
-    ``auto`` (Δm against the single-task baselines when they are known, else the mean primary
-    metric), ``delta_m``, ``mean_primary``, ``val_loss`` or ``<task>/<metric>``. The test split is
-    evaluated once, with the selected model, and never influences any choice.
+    Every field has a default that works on the bundled demo. ``selection`` chooses the validation
+    criterion for model selection and early stopping: ``auto`` (Δm against the single-task
+    baselines when they are known, else the mean primary metric), ``delta_m``, ``mean_primary``,
+    ``val_loss`` or ``<task>/<metric>``. The test split is evaluated once, with the selected
+    model, and never influences any choice. ``sampling`` is read where the batches are built
+    (``run_experiment``), not by :func:`~polytask.training.loop.fit`, which takes a
+    ``train_source``.
     """
 
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-    momentum: float = 0.9
-    scheduler: Literal["none", "cosine", "step", "plateau"] = "none"
-    step_size: int = 10
-    gamma: float = 0.5
-    grad_clip: float | None = None
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = False
-    patience: int | None = None
-    selection: str = "auto"
-    engine: Literal["jacobian", "gramian", "representation"] = "jacobian"
-    chunk_size: int | None = None
-    dist_mode: Literal["exact", "cheap"] = "exact"
-    eval_batch_size: int = 1024
-    progress: bool = True
-    tensorboard: bool = True
-    checkpoint_every: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        checks = {
-            "epochs": self.epochs >= 1,
-            "batch_size": self.batch_size >= 1,
-            "lr": self.lr > 0,
-            "weight_decay": self.weight_decay >= 0,
-            "step_size": self.step_size >= 1,
-            "gamma": 0 < self.gamma <= 1,
-            "grad_clip": self.grad_clip is None or self.grad_clip > 0,
-            "patience": self.patience is None or self.patience >= 1,
-            "chunk_size": self.chunk_size is None or self.chunk_size >= 1,
-            "checkpoint_every": self.checkpoint_every >= 1,
-        }
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(
-                "invalid training setting(s): "
-                + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad)
-            )
+    seed: int = Field(0, description="seed of the run: initial weights, batches, balancer")
+    checkpoint_every: int = Field(
+        1, ge=1, description="write checkpoints/last.pt every this many epochs (and at the end)"
+    )
+    extra: dict[str, Any] = Field(
+        default_factory=dict,
+        description="labels of the run written to results.json (balancer, architecture)",
+    )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump()
