@@ -22,6 +22,7 @@ from polytask.bench.suite import (
     load_suite,
     parse_only,
     parse_suite,
+    run_suite,
 )
 from polytask.cli import app
 
@@ -76,6 +77,16 @@ def test_quick_suite_runs_resumes_and_reports(
     assert tuned["tuning"]["lr"] in (0.002, 0.006) and "test split is not used" in tuned["tuning"]["chosen_by"]
     # on the grid seed the tuned baseline is the chosen grid run itself, not a second training
     assert tuned["same_run_as"].startswith("multimnist__hard_sharing__equal_grid-lr")
+    # and so is `equal`: the grid point at the suite's own lr (0.002) and weight decay (0) is the
+    # same training, recorded once; the log says beforehand what the suite trains and why
+    grid = cells["multimnist__hard_sharing__equal_grid-lr0.002-wd0__seed0"]
+    equal0 = cells["multimnist__hard_sharing__equal__seed0"]
+    assert equal0["same_run_as"] == grid["cell"] and equal0["kind"] == "mtl"
+    assert "multimnist__hard_sharing__equal__seed0: the same training as" in first.output
+    assert ("up to 8 multi-task trainings where `polytask train` of this configuration does 4"
+            in first.output), first.output
+    trained = [c for c in cells.values() if c["kind"] != "stl" and "same_run_as" not in c]
+    assert len(trained) in (7, 8)  # 8 when tuning chose lr 0.006 (equal_tuned seed 1 trains)
 
     # LibMTL's cell trains the same network on the same batches: with equal weights (a plain sum
     # of the losses in both libraries) the selected checkpoint's metrics agree to float rounding.
@@ -250,6 +261,52 @@ def test_several_datasets_cell_matches_polytask_train(
     md = tmp_path / "tiny.md"
     assert CliRunner().invoke(app, ["bench", "report", str(out), "--out", str(md)]).exit_code == 0
     assert "test pooled_explained_variance ↑" in md.read_text()
+
+
+def test_data_is_loaded_once_per_data_section_and_split(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The pairs of one data set share its load; with ``split_seed`` fixed, so do the seeds.
+
+    (Each pair used to load its data again for every seed: with the quick suite's fixed split,
+    two architectures and two seeds, four loads of one data set.) A split that follows the seed
+    is still loaded per seed, and only the last data set is held.
+    """
+    import polytask.experiment as experiment
+    from polytask.bench.suite import SuiteRunSummary, _Context, _Pair
+
+    calls: list[int] = []
+    real = experiment.load_sources
+
+    def counting(config, seed):  # type: ignore[no-untyped-def]
+        calls.append(seed)
+        return real(config, seed)
+
+    monkeypatch.setattr(experiment, "load_sources", counting)
+    raw = _quick_raw()
+    raw["architectures"].append({"name": "mmoe", "options": {"num_experts": 2}})
+    suite = parse_suite(raw)
+    ctx = _Context(suite, tmp_path, "", None, None, lambda _: None, SuiteRunSummary(tmp_path))
+    pairs = [_Pair(ctx, suite.datasets[0], arch) for arch in suite.architectures]
+    seen = [pair.splits(seed) for pair in pairs for seed in (0, 1)]
+    assert calls == [0] and all(s is seen[0] for s in seen)
+
+    del raw["datasets"][0]["data"]["split_seed"]  # the split now follows the run seed
+    suite = parse_suite(raw)
+    ctx = _Context(suite, tmp_path, "", None, None, lambda _: None, SuiteRunSummary(tmp_path))
+    calls.clear()
+    pairs = [_Pair(ctx, suite.datasets[0], arch) for arch in suite.architectures]
+    first, second = pairs[0].splits(0), pairs[1].splits(0)
+    assert first is second and calls == [0]
+    assert pairs[1].splits(1) is not first and calls == [0, 1] and len(ctx.data) == 1
+
+    # run_suite goes seed by seed over the architectures: one load per (data set, seed)
+    raw.update(stl=False, tuned_equal={"enabled": False}, libmtl=None,
+               balancers=[{"name": "equal"}])
+    calls.clear()
+    summary = run_suite(parse_suite(raw), tmp_path / "run", log=lambda _: None)
+    assert len(summary.ran) == 4 and not summary.failed
+    assert calls == [0, 1]
 
 
 def test_expected_cells_follow_only() -> None:

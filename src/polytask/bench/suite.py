@@ -12,6 +12,19 @@ comparison without them is not worth publishing:
   grid on the *validation* split (the ``equal_grid`` cells). Published comparisons often pit a
   tuned new method against an untuned baseline; this makes the baseline at least as tuned.
 
+What a suite costs, and why it is several times a ``polytask train`` of the same configuration:
+``train`` trains the single-task baselines and each balancer once per seed; a suite adds the
+tuning grid (by default 3 learning rates x 2 weight decays = 6 more trainings of equal weights per
+pair on the first seed), ``equal_tuned`` on every other seed and any LibMTL cells, each a whole
+training. That is the point of the added baselines, so it is inherent; the log says the count
+before each pair (:func:`training_plan`) and ``tuned_equal: {enabled: false}`` skips the grid.
+What is not inherent is avoided: a cell whose training is identical to one already run (the grid
+point at the suite's own lr and weight decay *is* the ``equal`` cell) is recorded from that run,
+and a data set is loaded once per seed for all its architectures (the cells run seed by seed over
+the architectures; once in all when ``data.split_seed`` is fixed). Per training, a cell costs
+what ``train`` costs (the same ``fit``; the memory sampler was measured to add nothing beyond the
+noise), and ``train`` also renders ``report.html``.
+
 Why one JSON per cell, written atomically (write, then rename): a long benchmark is interrupted
 (pre-emption, a laptop lid, a divergent method) and must resume without redoing finished work or
 trusting a half-written file. A cell whose recorded ``config_hash`` no longer matches the suite is
@@ -491,6 +504,9 @@ class _Context:
     suite_sha256: str | None
     log: Callable[[str], None]
     summary: SuiteRunSummary
+    # The data set last loaded, keyed by what defines it (see _Pair._load): shared by the pairs,
+    # so the architectures of one data set, and the seeds of a fixed split, load it once.
+    data: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
 
 def cell_stem(dataset: str, architecture: str, method: str, seed: int) -> str:
@@ -507,18 +523,31 @@ class _Pair:
     def __init__(self, ctx: _Context, ds: DatasetEntry, arch: ArchitectureEntry) -> None:
         self.ctx, self.ds, self.arch = ctx, ds, arch
         self.config = ctx.suite.experiment(ds, arch)
-        self._splits: dict[int, tuple[Any, Any]] = {}
         self._stl: dict[int, dict[str, Any] | None] = {}
+        # finished multi-task cells by what their training computes (_training_identity)
+        self._trained: dict[str, dict[str, Any]] = {}
 
     def _load(self, seed: int) -> tuple[Any, Any]:
+        """The splits (and sources) of ``seed``, loaded once while consecutive cells need them.
+
+        Why keyed by the data section and the *split* seed, not by the pair and the run seed:
+        ``load_sources`` depends on nothing else, and loading is not free (15 s for the full
+        Census file on a loaded 2-core machine), so the architectures of a data set and, with
+        ``data.split_seed`` fixed, all its seeds share one load. Only the last data set is kept:
+        full-size sets are large.
+        """
         from polytask.experiment import load_sources
 
-        if seed not in self._splits:
-            self._splits.clear()  # one seed's data at a time: full-size sets are large
+        d = self.config.data
+        split_seed = d.split_seed if d.split_seed is not None else seed
+        key = json.dumps([d.model_dump(mode="json"), split_seed], sort_keys=True)
+        cache = self.ctx.data
+        if key not in cache:
+            cache.clear()
             splits, sources = load_sources(self.config, seed)
             splits.validate()
-            self._splits[seed] = (splits, sources)
-        return self._splits[seed]
+            cache[key] = (splits, sources)
+        return cache[key]
 
     def splits(self, seed: int) -> Any:
         return self._load(seed)[0]
@@ -563,11 +592,13 @@ class _Pair:
         key_payload: dict[str, Any],
         body: Callable[[Path, PeakMemory], dict[str, Any]],
         prepare: Callable[[], object] | None = None,
+        action: str = "running",
     ) -> dict[str, Any] | None:
         """Load a finished cell or run ``body`` and write it; ``None`` when it failed.
 
         ``prepare`` runs before the memory measurement starts (loading the data set), so that a
-        cell's peak memory is the training's, not the data loader's.
+        cell's peak memory is the training's, not the data loader's. ``action`` is what the log
+        says the cell does (an alias is recorded, not run).
         """
         path, failed_path, run_dir = self._paths(method, seed)
         stem = path.stem
@@ -585,7 +616,7 @@ class _Pair:
         from polytask.training.loop import resolve_device
 
         device = resolve_device(self.config.training.device)
-        self.ctx.log(f"{stem}: running")
+        self.ctx.log(f"{stem}: {action}")
         started = time.perf_counter()
         try:
             if prepare is not None:
@@ -707,7 +738,7 @@ class _Pair:
 
         splits = self.splits(seed)
         torch.manual_seed(seed)
-        model = build_model(config, splits.tasks, splits.train.example())
+        model = build_model(config, splits.tasks, splits.train.example(), data_info=splits.info)
         settings = config.training.settings(
             seed, balancer=balancer, architecture=config.model.architecture
         )
@@ -730,6 +761,12 @@ class _Pair:
             return None
         stl_val = stl["val"] if stl else None
         stl_test = stl["test"] if stl else None
+        payload = {"kind": kind, "config": config.model_dump(mode="json"),
+                   "stl": stl.get("config_hash") if stl else None, "extra": extra}
+        identity = _training_identity(config, payload["stl"])
+        twin = self._trained.get(identity) or self._recorded_twin(method, seed, identity)
+        if twin is not None and not self._finished(method, seed, payload):
+            return self.alias(twin, method, kind, extra or {}, identity=identity)
 
         def body(run_dir: Path, memory: PeakMemory) -> dict[str, Any]:
             from polytask.balancing import create_balancer
@@ -758,9 +795,36 @@ class _Pair:
                 **(extra or {}),
             }
 
-        payload = {"kind": kind, "config": config.model_dump(mode="json"),
-                   "stl": stl.get("config_hash") if stl else None, "extra": extra}
-        return self._cell(method, kind, seed, payload, body, prepare=lambda: self.splits(seed))
+        cell = self._cell(method, kind, seed, payload, body, prepare=lambda: self.splits(seed))
+        if cell is not None and "same_run_as" not in cell:
+            self._trained.setdefault(identity, cell)
+        return cell
+
+    def _finished(self, method: str, seed: int, key_payload: dict[str, Any]) -> bool:
+        """Whether the cell is already finished under ``key_payload`` (checked without logging).
+
+        A results directory written before twins were aliased holds the twin trained in full;
+        that cell stays valid and is kept rather than replaced by an alias.
+        """
+        cell = _read_cell(self._paths(method, seed)[0])
+        return cell is not None and cell.get("config_hash") == _hash({"schema": SCHEMA, **key_payload})
+
+    def _recorded_twin(self, method: str, seed: int, identity: str) -> dict[str, Any] | None:
+        """The cell an earlier run recorded this one from, if neither has changed since.
+
+        Why: ``--only balancer=equal`` does not run the grid, so the twin is not known in this
+        process; without this the ``equal`` cell recorded from a grid run would be trained again.
+        Still valid when this cell's training is the one recorded (``training_identity``) and the
+        source cell is the very run it was recorded from (its ``config_hash``).
+        """
+        path = self._paths(method, seed)[0]
+        cell = _read_cell(path)
+        if cell is None or cell.get("training_identity") != identity or "same_run_as" not in cell:
+            return None
+        source = _read_cell(path.with_name(f"{cell['same_run_as']}.json"))
+        if source is None or source.get("status") != "finished":
+            return None
+        return source if source.get("config_hash") == cell.get("alias_of") else None
 
     def libmtl(self, balancer: BalancerConfig, seed: int, side: LibMTLSide) -> dict[str, Any] | None:
         """The same training as ``mtl(balancer)``, driven through LibMTL's classes."""
@@ -807,11 +871,21 @@ class _Pair:
             f"libmtl-{method}", "libmtl", seed, payload, body, prepare=lambda: self.splits(seed)
         )
 
-    def alias(self, source: dict[str, Any], method: str, kind: str, extra: dict[str, Any]) -> None:
+    def alias(
+        self,
+        source: dict[str, Any],
+        method: str,
+        kind: str,
+        extra: dict[str, Any],
+        identity: str | None = None,
+    ) -> dict[str, Any] | None:
         """Record ``source`` (a finished cell) again as ``method``: the same training, not rerun.
 
-        The tuned baseline's run on a grid seed *is* the chosen grid point's run; training it
-        twice would cost time and, with nondeterministic kernels, give two different numbers.
+        The tuned baseline's run on a grid seed *is* the chosen grid point's run, and the grid
+        point at the suite's own learning rate and weight decay *is* the ``equal`` cell's run
+        (see :meth:`mtl`); training either twice would cost a whole training and, with
+        nondeterministic kernels, give two different numbers for one configuration. ``identity``
+        (a twin's :func:`_training_identity`) is recorded so that a later run can trust the alias.
         """
         keep = ("balancer", "tasks", "val", "test", "summary", "delta_m", "val_delta_m",
                 "time_per_epoch_s",
@@ -820,11 +894,40 @@ class _Pair:
 
         def body(run_dir: Path, memory: PeakMemory) -> dict[str, Any]:
             shutil.rmtree(run_dir, ignore_errors=True)
-            return {**{k: source[k] for k in keep if k in source}, "same_run_as": source["cell"],
-                    **extra}
+            twin = {"training_identity": identity, "alias_of": source["config_hash"]}
+            return {**{k: source[k] for k in keep if k in source},
+                    "same_run_as": source.get("same_run_as", source["cell"]),
+                    **(twin if identity is not None else {}), **extra}
 
         payload = {"kind": kind, "alias_of": source["config_hash"], "extra": extra}
-        self._cell(method, kind, int(source["seed"]), payload, body)
+        root = source.get("same_run_as", source["cell"])
+        return self._cell(
+            method, kind, int(source["seed"]), payload, body,
+            action=f"the same training as {root}: recorded from it, not trained again",
+        )
+
+
+def _read_cell(path: Path) -> dict[str, Any] | None:
+    """A cell file's content, or ``None`` when it is missing or unreadable (checked quietly)."""
+    try:
+        cell = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return cell if isinstance(cell, dict) else None
+
+
+def _training_identity(config: ExperimentConfig, stl_hash: str | None) -> str:
+    """What a multi-task cell's training computes: its config without balancer labels, its STL.
+
+    Why: two cells of one pair can be the same training under two names (the tuning grid's
+    point at the suite's own lr and weight decay and the ``equal`` cell; ``equal_tuned`` on a
+    non-grid seed when tuning kept the suite's lr and weight decay, and ``equal`` there). A label
+    names a row and changes nothing trained; the single-task baselines choose the checkpoint
+    (validation Δm%), so they are part of the identity.
+    """
+    raw = config.model_dump(mode="json")
+    raw["balancers"] = [{k: v for k, v in b.items() if k != "label"} for b in raw["balancers"]]
+    return _hash({"config": raw, "stl": stl_hash})
 
 
 def stl_selection(config: Mapping[str, Any]) -> str:
@@ -897,12 +1000,18 @@ def _tune_equal(pair: _Pair, seeds: Sequence[int]) -> dict[str, Any] | None:
     tuned = pair.ctx.suite.tuned_equal
     scores: list[dict[str, Any]] = []
     runs: dict[tuple[float, float], list[dict[str, Any]]] = {}
-    for lr, wd in _grid(pair, tuned):
-        cells = [
-            pair.mtl(_grid_method(lr, wd), "grid", BalancerConfig(name="equal"), seed,
-                     training={"lr": lr, "weight_decay": wd})
-            for seed in seeds
-        ]
+    # Seed by seed, so that consecutive cells share the seed's data (one load per grid seed,
+    # not one per grid cell when the grid has several seeds and the split follows the seed).
+    by_point: dict[tuple[float, float], list[dict[str, Any] | None]] = {
+        point: [] for point in _grid(pair, tuned)
+    }
+    for seed in seeds:
+        for lr, wd in by_point:
+            by_point[(lr, wd)].append(
+                pair.mtl(_grid_method(lr, wd), "grid", BalancerConfig(name="equal"), seed,
+                         training={"lr": lr, "weight_decay": wd})
+            )
+    for (lr, wd), cells in by_point.items():
         done = [c for c in cells if c is not None]
         if len(done) < len(cells):
             continue
@@ -963,40 +1072,56 @@ def run_suite(
     for ds in suite.datasets:
         if not _selected(only, "dataset", ds.display):
             continue
-        for arch in suite.architectures:
-            if not _selected(only, "architecture", arch.display):
-                continue
-            pair = _Pair(ctx, ds, arch)
-            tuned = None
+        pairs = [_Pair(ctx, ds, arch) for arch in suite.architectures
+                 if _selected(only, "architecture", arch.display)]
+        # Every architecture's tuning grid (on the grid seeds), then seed by seed every
+        # architecture's cells: consecutive cells share a data load, one per (data set, seed)
+        # instead of one per (data set, architecture, seed). Each cell seeds its own training,
+        # so the order changes no number.
+        tuned: dict[str, dict[str, Any] | None] = {}
+        for pair in pairs:
+            log(training_plan(suite, ds, pair.arch, only))
+            tuned[pair.arch.display] = None
             if suite.tuned_equal.enabled and _selected(only, "balancer", "equal_tuned") and seeds:
                 grid_seeds = suite.tuned_equal.seeds or [suite.seeds[0]]
-                tuned = _tune_equal(pair, grid_seeds)
-                if tuned is not None:
-                    log(f"{ds.display}/{arch.display}: tuned equal weights use lr={tuned['lr']:g}, "
-                        f"weight_decay={tuned['weight_decay']:g} ({tuned['chosen_by']})")
-            for seed in seeds:
-                if _selected(only, "balancer", "stl"):
-                    pair.stl(seed)
-                for bc in suite.balancers:
-                    if _selected(only, "balancer", bc.display):
-                        pair.mtl(bc.display, "mtl", bc, seed)
-                    # right after polytask's cell, so both see the same machine load
-                    if _libmtl_cell(suite, arch, bc.display) and _selected(
-                        only, "balancer", f"libmtl-{bc.display}"
-                    ):
-                        assert suite.libmtl is not None
-                        pair.libmtl(bc, seed, suite.libmtl)
-                if tuned is not None and seed in tuned["cells"]:
-                    info = {k: v for k, v in tuned.items() if k != "cells"}
-                    pair.alias(tuned["cells"][seed], "equal_tuned", "tuned", {"tuning": info})
-                elif tuned is not None:
-                    info = {k: v for k, v in tuned.items() if k != "cells"}
-                    pair.mtl(
-                        "equal_tuned", "tuned", BalancerConfig(name="equal", label="equal_tuned"),
-                        seed, training={"lr": tuned["lr"], "weight_decay": tuned["weight_decay"]},
-                        extra={"tuning": info},
-                    )
+                chosen = tuned[pair.arch.display] = _tune_equal(pair, grid_seeds)
+                if chosen is not None:
+                    log(f"{ds.display}/{pair.arch.display}: tuned equal weights use "
+                        f"lr={chosen['lr']:g}, weight_decay={chosen['weight_decay']:g} "
+                        f"({chosen['chosen_by']})")
+        for seed in seeds:
+            for pair in pairs:
+                _seed_cells(pair, seed, tuned[pair.arch.display], only)
     return summary
+
+
+def _seed_cells(
+    pair: _Pair, seed: int, tuned: dict[str, Any] | None, only: Mapping[str, set[str]]
+) -> None:
+    """One pair's cells of one seed: its baselines, each balancer (LibMTL's), tuned equal."""
+    suite = pair.ctx.suite
+    if _selected(only, "balancer", "stl"):
+        pair.stl(seed)
+    for bc in suite.balancers:
+        if _selected(only, "balancer", bc.display):
+            pair.mtl(bc.display, "mtl", bc, seed)
+        # right after polytask's cell, so both see the same machine load
+        if _libmtl_cell(suite, pair.arch, bc.display) and _selected(
+            only, "balancer", f"libmtl-{bc.display}"
+        ):
+            assert suite.libmtl is not None
+            pair.libmtl(bc, seed, suite.libmtl)
+    if tuned is None:
+        return
+    info = {k: v for k, v in tuned.items() if k != "cells"}
+    if seed in tuned["cells"]:
+        pair.alias(tuned["cells"][seed], "equal_tuned", "tuned", {"tuning": info})
+    else:
+        pair.mtl(
+            "equal_tuned", "tuned", BalancerConfig(name="equal", label="equal_tuned"),
+            seed, training={"lr": tuned["lr"], "weight_decay": tuned["weight_decay"]},
+            extra={"tuning": info},
+        )
 
 
 def _libmtl_cell(suite: SuiteConfig, arch: ArchitectureEntry, method: str) -> bool:
@@ -1017,27 +1142,87 @@ def expected_cells(suite: SuiteConfig, only: Mapping[str, set[str]] | None = Non
         if not (_selected(only, "dataset", ds.display)
                 and _selected(only, "architecture", arch.display)):
             continue
-        methods = [b.display for b in suite.balancers]
-        methods += [f"libmtl-{b.display}" for b in suite.balancers
-                    if _libmtl_cell(suite, arch, b.display)]
-        if suite.tuned_equal.enabled:
-            methods.append("equal_tuned")
-        methods = [m for m in methods if _selected(only, "balancer", m)]
-        if suite.stl and (methods or _selected(only, "balancer", "stl")):
-            methods.insert(0, "stl")
-        seeds = [seed for seed in suite.seeds if _selected(only, "seed", str(seed))]
-        for seed in seeds:
-            stems += [cell_stem(ds.display, arch.display, m, seed) for m in methods]
-        if suite.tuned_equal.enabled and "equal_tuned" in methods and seeds:
-            pair_cfg = suite.experiment(ds, arch)
-            lr = pair_cfg.training.lr
-            lrs = suite.tuned_equal.lr or [lr / 3, lr, lr * 3]
-            for (g_lr, wd), seed in itertools.product(
-                itertools.product(lrs, suite.tuned_equal.weight_decay),
-                suite.tuned_equal.seeds or [suite.seeds[0]],
-            ):
-                stems.append(cell_stem(ds.display, arch.display, _grid_method(g_lr, wd), seed))
+        stems += [cell_stem(ds.display, arch.display, m, seed)
+                  for m, seed in _pair_cells(suite, ds, arch, only)]
     return stems
+
+
+def _pair_cells(
+    suite: SuiteConfig, ds: DatasetEntry, arch: ArchitectureEntry, only: Mapping[str, set[str]]
+) -> list[tuple[str, int]]:
+    """The (method, seed) of every cell of one (data set, architecture) pair, as run_suite runs."""
+    methods = [b.display for b in suite.balancers]
+    methods += [f"libmtl-{b.display}" for b in suite.balancers
+                if _libmtl_cell(suite, arch, b.display)]
+    if suite.tuned_equal.enabled:
+        methods.append("equal_tuned")
+    methods = [m for m in methods if _selected(only, "balancer", m)]
+    if suite.stl and (methods or _selected(only, "balancer", "stl")):
+        methods.insert(0, "stl")
+    seeds = [seed for seed in suite.seeds if _selected(only, "seed", str(seed))]
+    cells = [(m, seed) for seed in seeds for m in methods]
+    if suite.tuned_equal.enabled and "equal_tuned" in methods and seeds:
+        lr = suite.experiment(ds, arch).training.lr
+        lrs = suite.tuned_equal.lr or [lr / 3, lr, lr * 3]
+        for (g_lr, wd), seed in itertools.product(
+            itertools.product(lrs, suite.tuned_equal.weight_decay),
+            suite.tuned_equal.seeds or [suite.seeds[0]],
+        ):
+            cells.append((_grid_method(g_lr, wd), seed))
+    return cells
+
+
+def training_plan(
+    suite: SuiteConfig,
+    ds: DatasetEntry,
+    arch: ArchitectureEntry,
+    only: Mapping[str, set[str]] | None = None,
+) -> str:
+    """What one pair trains, in words: why a suite takes several times a ``polytask train``.
+
+    ``polytask train`` of the pair's configuration trains the single-task baselines and each
+    balancer once per seed. A suite adds, on purpose, the equal-weights tuning grid (lr x weight
+    decay on the grid seeds), ``equal_tuned`` on the other seeds and the LibMTL cells, each a
+    whole training. Said in the log before the pair starts, so that nobody takes the added
+    baselines for overhead.
+    """
+    cells = _pair_cells(suite, ds, arch, dict(only or {}))
+    seeds = sorted({seed for _, seed in cells})
+    grid_seeds = suite.tuned_equal.seeds or [suite.seeds[0]]
+    names = {b.display for b in suite.balancers}
+    balancers = [(m, s) for m, s in cells if m in names]
+    grid = [m for m, _ in cells if m.startswith("equal_grid-")]
+    libmtl = [m for m, _ in cells if m.startswith("libmtl-")]
+    tuned = [s for m, s in cells if m == "equal_tuned" and s not in grid_seeds]
+    # the `equal` cell on a grid seed is the grid point at the suite's own lr and weight decay
+    training = suite.experiment(ds, arch).training
+    plain = {b.display for b in suite.balancers if b.name == "equal" and not b.options}
+    twins = 0
+    if _grid_method(training.lr, training.weight_decay) in grid:
+        twins = len([1 for m, s in balancers if m in plain and s in grid_seeds])
+    trained = len(balancers) + len(grid) + len(tuned) + len(libmtl) - twins
+    lrs = suite.tuned_equal.lr or ["lr/3", "lr", "3lr"]
+    added = [
+        f"{len(grid)} equal-weights tuning-grid runs ({len(lrs)} lr x "
+        f"{len(suite.tuned_equal.weight_decay)} weight decay on seed(s) {grid_seeds}; "
+        "`tuned_equal: {enabled: false}` skips them)" if grid else "",
+        f"equal_tuned on {len(tuned)} non-grid seed(s) (recorded from `equal` there when tuning "
+        "keeps the suite's lr and weight decay)" if tuned else "",
+        f"{len(libmtl)} LibMTL cell(s)" if libmtl else "",
+    ]
+    return (
+        f"{ds.display}/{arch.display}: {len(cells)} cells on seed(s) {seeds}, "
+        f"{'up to ' if tuned else ''}{trained} "
+        f"multi-task trainings where `polytask train` of this configuration does "
+        f"{len(balancers)}"
+        + (f"; added on purpose: {', '.join(a for a in added if a)}" if any(added) else "")
+        + ("; single-task baselines come from the cache when trained before"
+           if any(m == "stl" for m, _ in cells)
+           else "")
+        + (f"; {twins} cell(s) `equal` = the grid point at the suite's lr and weight decay, "
+           "recorded from that run" if twins else "")
+        + "."
+    )
 
 
 def iter_cells(results_dir: str | Path) -> Iterator[dict[str, Any]]:

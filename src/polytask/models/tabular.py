@@ -25,13 +25,19 @@ before the first stage, so the stages are the MLP's and every architecture works
 
 * ``hard_sharing``, ``mtan``: one trunk, one set of embedding tables, shared by every task.
 * ``cross_stitch``, ``ple`` with several levels: the shared :class:`~polytask.models.mmoe.InputPrep`
-  holds the (only) embedding tables; the per-task columns / experts copy the stages alone.
+  holds the experts' / columns' embedding tables; the per-task columns / experts copy the stages
+  alone.
 * ``mmoe``, ``cgc`` (``ple`` with one level), ``dselect_k``: each expert is a whole copy of the
-  trunk, so each expert has its *own* embedding tables (and the gates' feature extractor one more
-  set); every one is a shared module (task-specific experts' are task modules), so nothing is
-  trained by the wrong tasks, at ``num_experts`` times the embedding parameters. Recommendation
-  codebases often share one set of tables below the experts instead; here the expert is the unit
-  of copying, as for every other trunk.
+  trunk, so each expert has its *own* embedding tables; every one is a shared module
+  (task-specific experts' are task modules), so nothing is trained by the wrong tasks, at
+  ``num_experts`` times the embedding parameters. Recommendation codebases often share one set of
+  tables below the experts instead; here the expert is the unit of copying, as for every other
+  trunk.
+* The gates of ``mmoe``, ``ple``, ``cgc`` and ``dselect_k`` read named inputs through their own
+  feature extractor (``gate_input="auto"`` gives ``"features"``), a copy of the pre-processing
+  and first stage: one more, shared, set of tables.
+
+``tests/models/test_tabular.py`` pins down this placement for each architecture.
 """
 
 from __future__ import annotations
