@@ -306,11 +306,13 @@ class LibMTLRunner:
         targets: dict[str, Tensor],
         loss_fn: Callable[[Tensor, Tensor], Tensor],
         lr: float,
+        device: torch.device | str = "cpu",
     ) -> None:
         _, self.weight_args = _weighting_class(method)
         self.task_names = list(heads.keys())
+        self.device = torch.device(device)  # x and targets are expected there already
         self.model = build_libmtl_model(
-            method, copy.deepcopy(trunk), copy.deepcopy(heads), rep_grad, torch.device("cpu")
+            method, copy.deepcopy(trunk), copy.deepcopy(heads), rep_grad, self.device
         )
         t = len(self.task_names)
         # Past the methods' first epochs (GradNorm needs epoch >= 1, DWA epoch > 1), with a loss
@@ -323,7 +325,7 @@ class LibMTLRunner:
 
     def step(self, index: int) -> None:
         preds = self.model(self.x)
-        losses = torch.zeros(len(self.task_names))
+        losses = torch.zeros(len(self.task_names), device=self.device)  # as LibMTL's Trainer
         for tn, task in enumerate(self.task_names):
             losses[tn] = self.loss_fn(preds[task], self.targets[task])
         self.optimizer.zero_grad()
