@@ -42,11 +42,11 @@ the step began (the model, its optimizer and balancer state, and the batch are a
 
 * ``--device cuda``: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus
   ``torch.cuda.memory_allocated`` at the start of the step.
-* ``--device cpu``: the peak of the bytes allocated during the step and not yet freed, from
-  ``torch.profiler``'s allocation and free events (the running sum of their sizes). The
-  profiler does not report the release of a block allocated before it started (the previous
-  step's gradients, freed by ``zero_grad``), so on the CPU those are not subtracted, where on
-  CUDA they are: compare ratios within a device. Why this and not the alternatives: ``tracemalloc`` does not
+* ``--device cpu``: the same quantity from ``torch.profiler``'s allocation and free events (the
+  running sum of their sizes). The profiler reports the release of a block only if it saw its
+  allocation, so the step before the memory step (the last warm-up step) runs under the profiler
+  too: then the previous step's gradients, freed by ``zero_grad``, are subtracted as on CUDA.
+  Why this and not the alternatives: ``tracemalloc`` does not
   see tensor storage (it is allocated by c10, not Python's allocator); torch has no CPU
   counterpart of the CUDA allocator statistics; and the process's peak resident size
   (``resource.getrusage``) is a high-water mark over the process's whole life that counts
@@ -477,12 +477,16 @@ class Meter(Protocol):
         """Peak bytes of torch tensors during ``step`` above those held when it began."""
         ...
 
+    def prime(self, step: Callable[[], None]) -> None:
+        """Run ``step`` so that the following :meth:`peak` is exact (the step before it)."""
+        ...
+
 
 class CpuMeter:
     """Process CPU time; peak tensor memory from the profiler's allocation and free events.
 
-    The memory figure is the peak of what the step allocated and had not yet freed (the profiler
-    reports no release of a block allocated before it started).
+    The memory figure is the peak, during the step, of the bytes allocated minus those freed
+    (the running sum of the events): exact when the step before ran under :meth:`prime`.
     """
 
     name = "cpu"
@@ -491,6 +495,19 @@ class CpuMeter:
         wall, cpu = time.perf_counter(), time.process_time()
         step()
         return time.process_time() - cpu, time.perf_counter() - wall
+
+    def prime(self, step: Callable[[], None]) -> None:
+        """Run ``step`` under the memory profiler, so that the next :meth:`peak` is exact.
+
+        The profiler reports the release of a block only if the block was allocated while a
+        profiler recorded memory: the previous step's gradients, freed by ``zero_grad``, would
+        otherwise never be subtracted, and the figure would exceed CUDA's
+        (``max_memory_allocated`` above the start) by the size of everything the step replaces.
+        """
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True):
+            step()
 
     def peak(self, step: Callable[[], None]) -> int:
         from torch.profiler import ProfilerActivity, profile
@@ -504,7 +521,7 @@ class CpuMeter:
             if e.name() == "[memory]" and str(e.device_type()).endswith("CPU")
         )
         current = peak = 0
-        # frees are negative; a block allocated before the profiler started is never reported
+        # frees are negative; a block allocated while no profiler recorded is never reported
         for _, _, nbytes in mem:
             current += nbytes
             peak = max(peak, current)
@@ -541,6 +558,10 @@ class CudaMeter:
         self.synchronize(self.device)  # every kernel of the step has finished
         elapsed = time.perf_counter() - start
         return elapsed, elapsed
+
+    def prime(self, step: Callable[[], None]) -> None:
+        """Nothing to prepare: the CUDA allocator's statistics see every block."""
+        step()
 
     def peak(self, step: Callable[[], None]) -> int:
         self.synchronize(self.device)
@@ -637,6 +658,16 @@ def _runner(cell: Cell, work: Workload, cfg: BenchConfig) -> Any:
     return None
 
 
+class _Call:
+    """A runner whose ``step(index)`` calls a prepared function (a primed warm-up step)."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.fn = fn
+
+    def step(self, index: int) -> None:
+        self.fn()
+
+
 def _run_step(
     meter: Meter, cell: Cell, runner: Any, index: int, runners: dict[int, Any], key: int
 ) -> tuple[float, float]:
@@ -684,11 +715,25 @@ def _measure_group(
     steps = dict.fromkeys(runners, 0)
     t0 = time.perf_counter()
     seen: dict[int, list[float]] = {key: [] for key in runners}
-    for _ in range(cfg.warmup):
+    for w in range(cfg.warmup):
+        # The last warm-up step runs under the memory meter (see CpuMeter.prime); its time is
+        # kept only when it is the only warm-up step (it then includes the profiler's overhead).
+        prime = cfg.memory and w == cfg.warmup - 1
         for key in list(runners):
-            cpu, _ = _run_step(meter, cells[key], runners[key], steps[key], runners, key)
+            runner = runners[key]
+            if prime:
+                step = lambda r=runner, i=steps[key]: meter.prime(lambda: r.step(i))  # noqa: E731
+                cpu, _ = _run_step(meter, cells[key], _Call(step), steps[key], runners, key)
+            else:
+                cpu, _ = _run_step(meter, cells[key], runner, steps[key], runners, key)
             steps[key] += 1
-            seen[key].append(cpu)
+            if not prime or cfg.warmup == 1:
+                seen[key].append(cpu)
+    if cfg.memory and not cfg.warmup:
+        for key in list(runners):
+            _run_step(meter, cells[key], _Call(lambda r=runners[key], i=steps[key]: meter.prime(
+                lambda: r.step(i))), steps[key], runners, key)
+            steps[key] += 1
     if cfg.memory:
         # After the warm-up (optimizer state and lazily built buffers exist), before the timing.
         for key in list(runners):
@@ -1118,8 +1163,9 @@ def render_run(cells: Sequence[Cell], cfg: BenchConfig, meta: dict[str, Any], le
         else "median over rounds of the step's wall time between two `torch.cuda.synchronize()`"
     )
     memory = (
-        "the peak of the bytes allocated during the step and not yet freed, from "
-        "`torch.profiler` allocation/free events (torch CPU tensors only)"
+        "the peak of the bytes allocated minus freed during the step, from `torch.profiler` "
+        "allocation/free events (torch CPU tensors only; the step before ran under the profiler "
+        "too, so that the releases of its tensors are seen)"
         if cfg.device == "cpu"
         else "the peak of `torch.cuda.max_memory_allocated` (after `reset_peak_memory_stats`) "
         "above `torch.cuda.memory_allocated` at the step's start"
@@ -1218,8 +1264,7 @@ _NOTES = [
     "- A step is the training loop's step, `polytask.training.step.train_step` in full precision: "
     "`zero_grad`, forward, task losses, what the balancer needs, the balancer, gradients, the "
     "loop's finiteness check, `optimizer.step()`, and the extra forward of balancers that ask "
-    "for one (FAMO). (Runs made before `train_step` existed called the same stages through "
-    "`GradientEngine.backward`.)",
+    "for one (FAMO).",
     "- Rounds interleave every configuration in a fresh random order, so that machine noise hits "
     f"every method alike; a step shorter than {BLOCK_TARGET_S * 1e3:.0f} ms runs as a block of up "
     f"to {MAX_BLOCK} steps whose mean is the round's sample.",

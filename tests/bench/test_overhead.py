@@ -211,6 +211,20 @@ def test_cpu_meter_counts_a_step_allocation(bench: ModuleType) -> None:
     assert 4 << 20 <= peak < 5 << 20
 
 
+def test_cpu_meter_sees_the_release_of_the_previous_steps_tensors(bench: ModuleType) -> None:
+    """Primed, the CPU figure is CUDA's: what the step frees of the previous step counts."""
+    held = [torch.ones(1 << 20)]
+
+    def step() -> None:  # replaces the previous step's 4 MiB tensor by a new one
+        held.clear()
+        held.append(torch.ones(1 << 20))
+
+    meter = bench.CpuMeter()
+    assert meter.peak(step) >= 4 << 20  # the old tensor's release is unseen: +4 MiB
+    meter.prime(step)
+    assert meter.peak(step) < 1 << 20  # -4 MiB, then +4 MiB: nothing above the start
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here)")
 def test_tiny_cuda_run(tmp_path: Path) -> None:
     out = tmp_path / "cuda.md"
