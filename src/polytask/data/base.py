@@ -26,8 +26,10 @@ __all__ = [
     "MultiTaskData",
     "Splits",
     "TaskData",
+    "batch_plan",
     "iterate_batches",
     "random_split",
+    "split_indices",
 ]
 
 
@@ -247,6 +249,47 @@ class Splits:
         return self
 
 
+def split_indices(
+    n: int, fractions: Sequence[float], seed: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Row indices of train / val / test: ``randperm`` of a generator seeded with ``seed``, cut at
+    the rounded ``fractions`` (the one rule every random split of this package follows)."""
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise DataError(f"split fractions must be 3 non-negative numbers summing to 1: {fractions}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_train = round(fractions[0] * n)
+    n_val = round(fractions[1] * n)
+    return perm[:n_train], perm[n_train : n_train + n_val], perm[n_train + n_val :]
+
+
+def batch_plan(
+    n: int,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[Tensor]:
+    """The row indices of each of rank ``rank``'s batches of one epoch over ``n`` rows.
+
+    The permutation is drawn from ``generator`` on every rank identically, then rank ``r`` takes
+    its slice of every ``world_size * batch_size`` block, so the union of the ranks' batches is
+    exactly the single-process epoch (the last incomplete round is dropped under DDP to keep ranks
+    in step). Both the in-memory path and the DataLoader path batch by this plan, which is why
+    they give the same batches for the same generator state.
+    """
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    global_batch = batch_size * world_size
+    stop = n - (n % global_batch) if (drop_last or world_size > 1) else n
+    for start in range(0, stop, global_batch):
+        idx = order[start : start + global_batch][rank * batch_size : (rank + 1) * batch_size]
+        if idx.numel() == 0 or (drop_last and idx.numel() < batch_size):
+            continue
+        yield idx
+
+
 def random_split(
     data: TaskData,
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
@@ -259,16 +302,11 @@ def random_split(
     Regression tasks get their target scalers fitted on the training part (``scale_targets``), as
     every built-in loader does, so standardized regression trains on the scale it reports.
     """
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise DataError(f"split fractions must be 3 non-negative numbers summing to 1: {fractions}")
-    n = len(data)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_train = round(fractions[0] * n)
-    n_val = round(fractions[1] * n)
+    train, val, test = split_indices(len(data), fractions, seed)
     splits = Splits(
-        train=data.subset(perm[:n_train]),
-        val=data.subset(perm[n_train : n_train + n_val]),
-        test=data.subset(perm[n_train + n_val :]),
+        train=data.subset(train),
+        val=data.subset(val),
+        test=data.subset(test),
         info={"split": "random", "seed": seed, "fractions": list(fractions)},
     )
     return splits.fit_target_scalers() if scale_targets else splits
@@ -286,17 +324,10 @@ def iterate_batches(
 ) -> Iterator[Batch]:
     """Yield ``(inputs, targets)`` index slices; under DDP each rank takes a disjoint shard.
 
-    The permutation is drawn from ``generator`` on every rank identically, then rank ``r`` takes
-    every ``world_size``-th batch-sized block, so the union of the ranks' batches is exactly the
-    single-process epoch (the last incomplete round is dropped under DDP to keep ranks in step).
+    The order and the DDP shards are :func:`batch_plan`'s.
     """
-    n = len(data)
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    global_batch = batch_size * world_size
-    stop = n - (n % global_batch) if (drop_last or world_size > 1) else n
-    for start in range(0, stop, global_batch):
-        block = order[start : start + global_batch]
-        idx = block[rank * batch_size : (rank + 1) * batch_size]
-        if idx.numel() == 0 or (drop_last and idx.numel() < batch_size):
-            continue
+    for idx in batch_plan(
+        len(data), batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last,
+        rank=rank, world_size=world_size,
+    ):
         yield slice_inputs(data.inputs, idx), {k: v[idx] for k, v in data.targets.items()}

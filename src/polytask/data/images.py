@@ -41,7 +41,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from polytask.data.base import DataError
+from polytask.data.base import DataError, split_indices
 from polytask.data.multimnist import load_mnist_digits
 from polytask.data.table import LabelEncoding, resolve_target_kinds
 from polytask.tasks import Task
@@ -342,18 +342,9 @@ class ImageTableDataset(Dataset):
         (``randperm`` of a generator seeded with ``seed``, rounded cut points), so a table and its
         images split alike. Give the training view its augmentations with :meth:`with_transform`.
         """
-        if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
-            raise DataError(
-                f"split fractions must be 3 non-negative numbers summing to 1: {fractions}"
-            )
         n = len(self)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-        n_train, n_val = round(fractions[0] * n), round(fractions[1] * n)
-        cuts = {
-            "train": perm[:n_train],
-            "val": perm[n_train : n_train + n_val],
-            "test": perm[n_train + n_val :],
-        }
+        train, val, test = split_indices(n, fractions, seed)
+        cuts = {"train": train, "val": val, "test": test}
         for name, idx in cuts.items():
             if idx.numel() == 0:
                 raise DataError(

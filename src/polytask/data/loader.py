@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from polytask.data.base import DataError, MultiTaskData
+from polytask.data.base import DataError, batch_plan
 from polytask.data.batch import Batch, BatchError, Inputs, MultiTaskCollate
 from polytask.tasks import LabelError, Task
 
@@ -270,30 +270,16 @@ class DatasetData:
                 batches = _in_step(batches, rank, world_size)
             yield from _named(batches, self.name)
             return
-        n = len(self)
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        global_batch = batch_size * world_size
-        stop = n - (n % global_batch) if (drop_last or world_size > 1) else n
-        plan: list[list[int]] = []
-        for start in range(0, stop, global_batch):
-            idx = order[start : start + global_batch][rank * batch_size : (rank + 1) * batch_size]
-            if idx.numel() == 0 or (drop_last and idx.numel() < batch_size):
-                continue
-            plan.append(idx.tolist())
+        plan = [
+            idx.tolist()
+            for idx in batch_plan(
+                len(self), batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last,
+                rank=rank, world_size=world_size,
+            )
+        ]
         if not plan:
             return
         yield from _named(iter(self.loader(plan, generator=generator)), self.name)
-
-    def to_memory(self) -> MultiTaskData:
-        """Every row in memory (for small data read through a Dataset): the fast path."""
-        parts = list(self.batches(1024))
-        if not parts:
-            raise DataError(f"{self.name}: the data set is empty")
-        from polytask.data.batch import cat_inputs
-
-        inputs = cat_inputs([x for x, _ in parts])
-        targets = {t.name: torch.cat([y[t.name] for _, y in parts]) for t in self.tasks}
-        return MultiTaskData(inputs, targets, self.tasks, name=self.name)
 
 
 class _IgnoringCollate(MultiTaskCollate):
