@@ -7,6 +7,8 @@ bash scripts/setup.sh
 export POLYTASK_DATA="${POLYTASK_DATA:-$(cd .. && pwd)/shared/data}"
 export POLYTASK_CACHE="${POLYTASK_CACHE:-$(pwd)/.polytask_cache}"
 export MPLBACKEND=Agg
+# Chromium for the report's browser test (tests/report/test_browser.py skips, saying why, without it)
+command -v chromium >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 && echo "installed chromium" || echo "could not install chromium with apt-get: the report's browser test will be skipped"; }
 ruff check src tests
 set +e
 python -m pytest -q "$@"

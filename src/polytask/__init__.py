@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["MultiTaskLearner", "Task", "__version__"]
+__all__ = ["MultiTaskEstimator", "MultiTaskLearner", "Task", "__version__"]
 
 if TYPE_CHECKING:
     from polytask.api import MultiTaskLearner
+    from polytask.sklearn import MultiTaskEstimator
     from polytask.tasks import Task
 
 
@@ -23,6 +24,10 @@ def __getattr__(name: str) -> Any:
         from polytask.api import MultiTaskLearner
 
         return MultiTaskLearner
+    if name == "MultiTaskEstimator":  # scikit-learn: the `sklearn` extra, imported on use
+        from polytask.sklearn import MultiTaskEstimator
+
+        return MultiTaskEstimator
     if name == "Task":
         from polytask.tasks import Task
 

@@ -1,4 +1,5 @@
-"""The ``polytask`` command line: demo, fit, train, evaluate, predict, list, report, bench."""
+"""The ``polytask`` command line: demo, fit, train, evaluate, predict, list, report, analyze,
+advise, bench."""
 
 from __future__ import annotations
 
@@ -161,6 +162,16 @@ def fit_table(
     flip: Annotated[bool, typer.Option(help="With --images: random horizontal flips.")] = False,
     workers: Annotated[int, typer.Option(help="With --images: DataLoader worker processes.")] = 0,
     width: Annotated[int, typer.Option(help="With --images: width of the ResNet trunk.")] = 16,
+    auto: Annotated[
+        bool,
+        typer.Option("--auto", help="Choose one shared model, task groups or separate models, "
+                     "the balancer and lr / width / weight decay on validation, within --budget "
+                     "(polytask advise)."),
+    ] = False,
+    budget: Annotated[
+        str | None,
+        typer.Option(help="With --auto: wall-time budget, e.g. 90s, 10m (default 2m)."),
+    ] = None,
 ) -> None:
     """Train a shared model on a table with several target columns (or on images + labels).
 
@@ -170,6 +181,7 @@ def fit_table(
     --categorical-encoding embedding: the tabular trunk, one embedding table per text column); with
     --images the images are read lazily from disk through a DataLoader and train a ResNet-10.
     """
+    started = time.perf_counter()  # --auto: the budget counts from here
     from polytask.config import parse_config
     from polytask.experiment import run_experiment
 
@@ -206,12 +218,72 @@ def fit_table(
                 "seeds": [seed],
             }
         )
+        if auto or budget is not None:
+            _fit_auto(config, budget, out or Path("runs") / f"{table.stem}-auto", started)
+            return
         result = run_experiment(
             config, out or Path("runs") / table.stem, log=_echo, resume=resume, overwrite=overwrite
         )
     except (ValueError, RuntimeError, ImportError, KeyError) as err:
         _fail(err)
     _print_result(result)
+
+
+def _fit_auto(config: Any, budget: str | None, out: Path, started: float) -> None:
+    """``fit --auto``: the advisor on the config ``fit`` built (default budget: a small one)."""
+    from polytask.auto import DEFAULT_AUTO_BUDGET_S, advise_config, parse_budget
+
+    if len(config.balancers) > 1:
+        raise ValueError("--auto chooses the balancer itself; drop --balancer")
+    seconds = parse_budget(budget) if budget is not None else DEFAULT_AUTO_BUDGET_S
+    advice = advise_config(config, seconds, out=out, log=_echo, started=started)
+    typer.echo(advice.format())
+
+
+@app.command()
+def advise(
+    target: Annotated[
+        Path, typer.Argument(metavar="CONFIG_OR_TABLE", help="A YAML config, or a CSV/Parquet table.")
+    ],
+    budget: Annotated[str, typer.Option(help="Wall-time budget: 90s, 10m, 1h.")] = "10m",
+    target_column: Annotated[
+        list[str] | None,
+        typer.Option("--target", "-t", help="Table only: a target column (repeat for each task)."),
+    ] = None,
+    kind: Annotated[
+        list[str] | None,
+        typer.Option(help="Table only: COLUMN=binary|multiclass|regression (repeatable)."),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs of every training.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Advice directory (default: output_dir/<name>-advice).")
+    ] = None,
+) -> None:
+    """One shared model, task groups, or separate models? Decided on validation, within a budget.
+
+    Trains the shared model (recording task affinities) and the single-task baselines, the best
+    task groupings, a second seed, then tunes lr / weight decay / width (Optuna, median pruner) and
+    tries a few cheap balancers; prints the recommendation with its validation Δm and writes the
+    config(s) reproducing it (polytask train FILE), grouping.json and advice.json.
+    """
+    started = time.perf_counter()
+    from polytask.auto import advise as run_advise
+    from polytask.auto import parse_budget
+
+    kinds = {}
+    for item in kind or []:
+        col, sep, value = item.partition("=")
+        if not sep:
+            _fail(ValueError(f"--kind expects COLUMN=KIND, got {item!r}"))
+        kinds[col] = value
+    try:
+        advice = run_advise(
+            target, parse_budget(budget), targets=target_column, kinds=kinds, epochs=epochs,
+            out=out, log=_echo, started=started,
+        )
+    except (ValueError, RuntimeError, ImportError, KeyError) as err:
+        _fail(err)
+    typer.echo(advice.format())
 
 
 @app.command()
@@ -239,6 +311,36 @@ def train(
     except (ValueError, RuntimeError, ImportError, KeyError) as err:
         _fail(err)
     _print_result(result)
+
+
+@app.command()
+def federated(
+    config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="Federated YAML file.")],
+    out: Annotated[Path | None, typer.Option(help="Run directory (default: output_dir/name).")] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="inprocess (every client in this process) or simulation (Flower's Simulation "
+            "Runtime on Ray)."
+        ),
+    ] = "inprocess",
+) -> None:
+    """Federated training on Flower: shared trunk averaged, task heads private per client.
+
+    See examples/school_federated.yaml and docs/federated.md. Needs pip install
+    'polytask[federated]'.
+    """
+    from polytask.federated import load_federated_config, run_federated
+
+    try:
+        config = load_federated_config(config_path)
+        result = run_federated(config, out, engine=engine, log=_echo)  # type: ignore[arg-type]
+    except (ValueError, RuntimeError, ImportError, KeyError) as err:
+        _fail(err)
+    import json
+
+    typer.echo(json.dumps(result.summary(), indent=2))
+    typer.echo(f"run directory: {result.out_dir}")
 
 
 def _before_launch(config_path: Path, out: Path | None, resume: bool, overwrite: bool) -> None:
@@ -303,6 +405,153 @@ def predict(
     typer.echo(f"wrote {len(frame)} rows x {frame.shape[1]} columns to {output}")
 
 
+_RUN_HELP = "A run directory (with checkpoints/best.pt)."
+
+
+@app.command("export")
+def export_run(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN", help=_RUN_HELP)],
+    format: Annotated[str, typer.Option("--format", "-f", help="onnx, torchscript, pt2")] = "onnx",
+    out: Annotated[
+        Path | None, typer.Option(help="File to write (default RUN/export/FORMAT/model.<ext>).")
+    ] = None,
+    rows: Annotated[int, typer.Option(help="Validation rows and test rows to verify on.")] = 256,
+    tolerance: Annotated[
+        float, typer.Option(help="Largest |difference| per task that passes.")
+    ] = 1e-4,
+    opset: Annotated[int | None, typer.Option(help="ONNX opset (default: the exporter's).")] = None,
+) -> None:
+    """Export the run's selected model and verify the file against PyTorch on held-out rows.
+
+    The file is reloaded by its own runtime (onnxruntime, torch.jit.load, torch.export.load) and
+    run on validation and test rows and on a single row; a task whose outputs differ by more than
+    the tolerance fails the export (the file is kept as <file>.failed-verification). Inputs are
+    named (one per named input), outputs are named by task, the batch size is dynamic;
+    export.json beside the file records them with the measured differences.
+    """
+    from polytask.lifecycle.export import export_model
+
+    try:
+        result = export_model(run_dir, format, out, rows=rows, tolerance=tolerance, opset=opset)
+    except (ValueError, RuntimeError, FileNotFoundError, ImportError) as err:
+        _fail(err)
+    typer.echo(result.summary())
+
+
+@app.command("compress")
+def compress(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN", help=_RUN_HELP)],
+    quantize: Annotated[
+        str | None, typer.Option(help="int8: dynamic int8 quantisation of the Linear layers.")
+    ] = None,
+    prune: Annotated[
+        float | None, typer.Option(help="Fraction in (0, 1) of each trunk layer's weights to zero.")
+    ] = None,
+    structured: Annotated[
+        bool,
+        typer.Option("--structured", help="Prune whole output channels (L2 norm), not weights."),
+    ] = False,
+    finetune_epochs: Annotated[
+        int, typer.Option(help="Epochs of fine-tuning after pruning (selected on validation).")
+    ] = 0,
+    quantizer: Annotated[
+        str, typer.Option(help="int8 backend: torchao | torch (torch.ao quantize_dynamic).")
+    ] = "torchao",
+    out: Annotated[Path | None, typer.Option(help="Output folder (default RUN/compressed)")] = None,
+) -> None:
+    """Prune and/or quantise a run's selected model; print every task's metric before and after.
+
+    The table has validation and test metrics per task, the model's size on disk and its CPU
+    latency per batch, before and after. The compressed model (model.pt) and compress.json are
+    written to OUT; polytask.lifecycle.load_compressed(OUT) loads it again.
+    """
+    from polytask.lifecycle.compress import compress_run
+
+    try:
+        result = compress_run(
+            run_dir, quantize=quantize, prune=prune, structured=structured,
+            finetune_epochs=finetune_epochs, quantizer=quantizer, out=out, log=_echo,
+        )
+    except (ValueError, RuntimeError, FileNotFoundError, ImportError) as err:
+        _fail(err)
+    typer.echo(result.table())
+    typer.echo(f"\ncompressed model: {result.model_path}\nreport: {result.report_path}")
+
+
+@app.command("extend")
+def extend(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN", help=_RUN_HELP)],
+    config: Annotated[
+        Path, typer.Option("--config", help="YAML whose data brings the new tasks (and training).")
+    ],
+    mode: Annotated[str, typer.Option(help="frozen | partial | finetune (trunk updates).")] = "frozen",
+    keep_old: Annotated[
+        bool, typer.Option("--keep-old", help="Keep the old tasks' losses (old data) in training.")
+    ] = False,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Retrain the heads of new tasks named like old ones.")
+    ] = False,
+    stages: Annotated[int, typer.Option(help="partial: trunk stages to unfreeze (last ones).")] = 1,
+    lr_scale: Annotated[float, typer.Option(help="Trunk phase learning rate = lr x this.")] = 0.1,
+    no_scratch: Annotated[
+        bool, typer.Option("--no-scratch", help="Skip the from-scratch reference model.")
+    ] = False,
+    out: Annotated[Path | None, typer.Option(help="New run directory (default RUN-extended).")] = None,
+) -> None:
+    """Add the new config's tasks to a trained run: new heads on its trunk, old tasks measured.
+
+    Prints the old tasks' metrics before/after (forgetting) and the new tasks' against a model
+    trained on them from scratch (cached); writes a run directory that load_run reloads.
+    """
+    from polytask.lifecycle.extend import extend_run
+
+    target = out or run_dir.with_name(f"{run_dir.name}-extended")
+    try:
+        result = extend_run(
+            run_dir, config, target, mode=mode, keep_old=keep_old,  # type: ignore[arg-type]
+            replace=replace, stages=stages, lr_scale=lr_scale, scratch=not no_scratch, log=_echo,
+        )
+    except (ValueError, RuntimeError, FileNotFoundError, ImportError) as err:
+        _fail(err)
+    typer.echo(result.table())
+    typer.echo(f"\nextended run: {result.run_dir}")
+
+
+@app.command("ensemble")
+def ensemble(
+    run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN...", help="Two or more runs.")],
+    out: Annotated[Path | None, typer.Option(help="Where to save the ensemble.")] = None,
+    method: Annotated[str, typer.Option(help="greedy (Caruana, on validation) | mean.")] = "greedy",
+    rounds: Annotated[int | None, typer.Option(help="Greedy additions per task.")] = None,
+) -> None:
+    """Average runs per task (probabilities / target units), members chosen on validation."""
+    from polytask.lifecycle.ensemble import build_ensemble
+
+    try:
+        result = build_ensemble(run_dirs, out, method=method, rounds=rounds)
+    except (ValueError, RuntimeError, FileNotFoundError) as err:
+        _fail(err)
+    typer.echo(result.table())
+    if result.out_dir is not None:
+        typer.echo(f"\nensemble saved in {result.out_dir}")
+
+
+@app.command("meta")
+def meta(
+    config: Annotated[Path, typer.Argument(help="Meta-learning YAML (examples/meta_school.yaml).")],
+    out: Annotated[Path | None, typer.Option(help="Output folder (default output_dir/name).")] = None,
+) -> None:
+    """Reptile / first-order MAML initialisations vs scratch and the MTL trunk on held-out tasks."""
+    from polytask.lifecycle.meta import run_meta
+
+    try:
+        result = run_meta(config, out, log=_echo)
+    except (ValueError, RuntimeError, FileNotFoundError) as err:
+        _fail(err)
+    typer.echo(result.table())
+    typer.echo(f"\nresults: {result.out_dir / 'meta.json'}")
+
+
 @app.command("list")
 def list_(
     what: Annotated[
@@ -336,15 +585,57 @@ def list_(
 
 
 @app.command()
-def report(directory: Annotated[Path, typer.Argument(help="Run or experiment directory.")]) -> None:
+def report(
+    directory: Annotated[Path, typer.Argument(help="Run or experiment directory.")],
+    static: Annotated[
+        bool, typer.Option("--static", help="PNG figures instead of interactive plotly ones.")
+    ] = False,
+) -> None:
     """(Re)write report.html for a run or experiment directory."""
     from polytask.report import write_report
 
     try:
-        path = write_report(directory)
+        path = write_report(directory, static=static)
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
     typer.echo(str(path))
+
+
+@app.command()
+def analyze(
+    target: Annotated[
+        Path,
+        typer.Argument(
+            metavar="RUN_OR_CONFIG",
+            help="A run directory with relations.json, an experiment directory, or a YAML config "
+            "(trained first with training.relations on).",
+        ),
+    ],
+    threshold: Annotated[
+        float,
+        typer.Option(help="Flat clusters: groups whose mean pairwise affinity is at least this."),
+    ] = 0.0,
+    out: Annotated[
+        Path | None, typer.Option(help="Config only: run directory (default: output_dir/<name>-relations).")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Config only: train this many epochs.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=_OVERWRITE_HELP)] = False,
+) -> None:
+    """Which tasks belong together: gradient cosines and conflicts, TAG lookahead affinities,
+    loss-ratio trends and task clusters, from the measures recorded during training.
+
+    Writes analysis.json into each analysed run directory (docs/relationships.md).
+    """
+    from polytask.analysis.analyze import analyze as run_analysis
+    from polytask.analysis.analyze import format_analysis
+
+    try:
+        analyses = run_analysis(
+            target, threshold=threshold, out=out, epochs=epochs, overwrite=overwrite, log=_echo
+        )
+    except (ValueError, RuntimeError, ImportError, KeyError) as err:
+        _fail(err)
+    typer.echo("\n\n".join(format_analysis(a) for a in analyses))
 
 
 bench_app = typer.Typer(help="Benchmarks (long runs; never part of the test suite).", no_args_is_help=True)

@@ -147,3 +147,45 @@ def test_registered_with_its_options_and_a_constant_background(data_dir: Path) -
 def test_bad_options_are_refused_by_name(options: dict[str, object], message: str) -> None:
     with pytest.raises(DataError, match=message):
         load_mnist_scenes(**options)  # type: ignore[arg-type]
+
+
+def test_detection_is_a_task_on_request_with_the_visible_digits_boxes(data_dir: Path) -> None:
+    splits = load_mnist_scenes(
+        source="idx", path=data_dir, scenes=(24, 8, 8), seed=3,
+        tasks=["segmentation", "depth", "detection"], min_visible=0.25,
+    )
+    assert [t.name for t in splits.tasks] == ["segmentation", "depth", "detection"]
+    task = splits.tasks[2]
+    assert task.kind.value == "detection" and task.num_classes == 10
+    assert task.options == {"image_size": [48, 48], "stride": 4}
+    for split in (splits.train, splits.val, splits.test):
+        target = split.targets["detection"]
+        assert target.shape == (len(split), 4, 5) and target.dtype == torch.float32
+        for row, drawn in zip(target, scene_boxes(split), strict=True):
+            kept = drawn["visible"] >= 0.25
+            real = row[row[:, 0] >= 0]
+            assert torch.equal(real[:, 0].long(), drawn["labels"][kept])
+            assert torch.equal(real[:, 1:], drawn["boxes"][kept])
+            assert (row[row[:, 0] < 0] == -1).all()  # padding rows
+    hidden = (splits.train.info["box_visible"] < 0.25) & (splits.train.info["box_labels"] >= 0)
+    assert hidden.any(), "the slice should hold a hidden digit for this check to mean something"
+    # the same scenes as without detection: the task is added, nothing else changes
+    plain = load_mnist_scenes(source="idx", path=data_dir, scenes=(24, 8, 8), seed=3)
+    assert torch.equal(plain.train.inputs, splits.train.inputs)
+    assert [t.name for t in plain.tasks] == ["segmentation", "depth"]
+    alone = load_mnist_scenes(source="idx", path=data_dir, scenes=(4, 2, 2), tasks=["detection"])
+    assert list(alone.train.targets) == ["detection"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"tasks": ["segmentation", "boxes"]}, "distinct names among"),
+        ({"tasks": []}, "distinct names among"),
+        ({"tasks": ["detection"], "detection_stride": 5}, "not divisible by the output stride 5"),
+        ({"min_visible": 1.5}, "min_visible"),
+    ],
+)
+def test_bad_task_options_are_refused_by_name(options: dict[str, object], message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        load_mnist_scenes(**options)  # type: ignore[arg-type]

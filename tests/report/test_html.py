@@ -1,21 +1,21 @@
-"""The HTML report: built from synthetic run and experiment directories written to the on-disk spec.
+"""The HTML report, static mode (PNG figures): synthetic run and experiment directories.
 
-The fixtures write exactly what the training loop writes (``metrics.csv`` long format,
-``weights.csv``, ``experts.csv``, ``results.json``, ``config.yaml``, ``summary.json``), so these
+The directories follow the on-disk format the training loop writes (``conftest.py``), so these
 tests pin the reader to the format, and check properties a reader of the report relies on: one
 file with nothing to fetch, every figure a decodable PNG, the numbers and the bold "best" cells in
-the right places, and clear failures for a malformed or missing record.
+the right places, and clear failures for a malformed or missing record. The interactive mode is
+tested in ``test_interactive.py`` and, in a real browser, ``test_browser.py``.
 """
 
 from __future__ import annotations
 
 import base64
-import csv
 import json
 import math
 import re
 from html.parser import HTMLParser
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -23,168 +23,6 @@ from polytask.report import plots, render_report, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 IMG_PREFIX = '<img src="data:image/png;base64,'
-
-LEFT = {"name": "left", "kind": "binary", "primary_metric": "auroc", "higher_is_better": True}
-DEPTH = {"name": "depth", "kind": "regression", "primary_metric": "mae", "higher_is_better": False}
-TASK_METRICS = {"left": ("accuracy", "auroc"), "depth": ("mae", "mse")}
-CONFIG_TEXT = "model:\n  trunk: mlp  # a<b & <script>alert(1)</script>\nbalancer: equal\n"
-
-
-# ------------------------------------------------------------------------------------ writers
-def _write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-
-
-def _metric_value(task: str, metric: str, epoch: int, offset: float) -> float:
-    if metric in ("accuracy", "auroc"):
-        return round(0.6 + 0.05 * epoch + offset, 4)
-    return round(2.0 / (epoch + 1) + offset, 4)
-
-
-def write_run(
-    directory: Path,
-    tasks: list[dict[str, object]],
-    *,
-    name: str = "run",
-    epochs: int = 4,
-    steps_per_epoch: int = 40,
-    offset: float = 0.0,
-    delta_m: float | None = 3.14159,
-    experts: bool = True,
-    results: bool = True,
-) -> Path:
-    """A run directory following the training loop's on-disk format."""
-    directory.mkdir(parents=True, exist_ok=True)
-    names = [str(t["name"]) for t in tasks]
-    rows: list[list[object]] = []
-    for epoch in range(epochs):
-        rows.append([epoch, "train", "", "loss", 1.0 / (epoch + 1)])
-        rows.append([epoch, "train", "", "lr", 1e-3 * 0.9**epoch])
-        rows.append([epoch, "train", "", "epoch_time_s", 1.5])
-        rows.append([epoch, "train", "", "warning/nan_loss", 1 if epoch == 1 else 0])
-        rows.append([epoch, "val", "", "selection_score", 0.5 + 0.1 * epoch])
-        if delta_m is not None:
-            rows.append([epoch, "val", "", "delta_m", 5.0 - epoch])
-        for task in names:
-            rows.append([epoch, "train", task, "loss", 0.9 / (epoch + 1)])
-            rows.append([epoch, "val", task, "loss", 1.0 / (epoch + 1) + 0.05])
-            for metric in TASK_METRICS[task]:
-                rows.append(
-                    [epoch, "val", task, metric, _metric_value(task, metric, epoch, offset)]
-                )
-    if results:
-        for task in names:
-            for metric in TASK_METRICS[task]:
-                value = _metric_value(task, metric, epochs - 1, offset - 0.01)
-                rows.append([epochs - 2, "test", task, metric, value])  # at the best epoch
-        if delta_m is not None:
-            rows.append([epochs - 2, "test", "", "delta_m", delta_m])
-    _write_csv(directory / "metrics.csv", ["epoch", "split", "task", "metric", "value"], rows)
-
-    weight_rows: list[list[object]] = []
-    for step in range(epochs * steps_per_epoch):
-        for i, task in enumerate(names):
-            weight = 1.0 + (0.3 if i == 0 else -0.3) * math.sin(step / 7.0)
-            weight_rows.append([step, step // steps_per_epoch, task, round(weight, 5)])
-    _write_csv(directory / "weights.csv", ["step", "epoch", "task", "weight"], weight_rows)
-
-    if experts:
-        expert_rows: list[list[object]] = []
-        for epoch in range(epochs):
-            for i, task in enumerate(names):
-                raw = [1.0 + i + e * (epoch + 1) for e in range(3)]
-                for e, w in enumerate(raw):
-                    expert_rows.append([epoch, task, e, round(w / sum(raw), 5)])
-        _write_csv(directory / "experts.csv", ["epoch", "task", "expert", "weight"], expert_rows)
-
-    (directory / "config.yaml").write_text(CONFIG_TEXT, encoding="utf-8")
-    if results:
-        best = epochs - 2
-        last = {t: {m: _metric_value(t, m, best, offset) for m in TASK_METRICS[t]} for t in names}
-        test = {
-            t: {m: _metric_value(t, m, epochs - 1, offset - 0.01) for m in TASK_METRICS[t]}
-            for t in names
-        }
-        payload = {
-            "name": name,
-            "balancer": "equal",
-            "architecture": "hard-sharing mlp",
-            "tasks": tasks,
-            "best_epoch": best,
-            "selection": "val delta_m",
-            "val": last,
-            "test": test,
-            "delta_m": delta_m,
-            "stl_reference": {"left": {"auroc": 0.8}, "depth": {"mae": 0.5}},
-            "time_s": 12.5,
-            "epochs": epochs,
-            "num_parameters": 12345,
-            "warnings": {"nan_loss": 1},
-        }
-        (directory / "results.json").write_text(json.dumps(payload), encoding="utf-8")
-    return directory
-
-
-def write_experiment(directory: Path) -> Path:
-    """Four compared trainings: two MTL balancers and one single-task baseline per task."""
-    write_run(directory / "runs" / "equal", [LEFT, DEPTH], name="equal", offset=0.0, delta_m=-1.5)
-    write_run(
-        directory / "runs" / "uncertainty",
-        [LEFT, DEPTH],
-        name="uncertainty",
-        offset=0.02,
-        delta_m=2.0,
-        experts=False,
-    )
-    write_run(directory / "runs" / "stl-left", [LEFT], name="stl:left", delta_m=None, experts=False)
-    write_run(
-        directory / "runs" / "stl-depth", [DEPTH], name="stl:depth", delta_m=None, experts=False
-    )
-    summary = {
-        "title": "Demo: <left> & depth",
-        "tasks": [LEFT, DEPTH],
-        "rows": [
-            {
-                "label": "equal",
-                "run_dir": "runs/equal",
-                "kind": "mtl",
-                "test": {"left": {"auroc": 0.81}, "depth": {"mae": 0.60}},
-                "delta_m": -1.5,
-                "time_s": 30.0,
-            },
-            {
-                "label": "uncertainty",
-                "run_dir": "runs/uncertainty",
-                "kind": "mtl",
-                "test": {"left": {"auroc": 0.85}, "depth": {"mae": 0.55}},
-                "delta_m": 2.0,
-                "time_s": 31.0,
-            },
-            {
-                "label": "stl:left",
-                "run_dir": "runs/stl-left",
-                "kind": "stl",
-                "test": {"left": {"auroc": 0.80}},
-                "delta_m": None,
-                "time_s": 12.0,
-            },
-            {
-                "label": "stl:depth",
-                "run_dir": "runs/stl-depth",
-                "kind": "stl",
-                "test": {"depth": {"mae": 0.50}},
-                "delta_m": None,
-                "time_s": 11.0,
-            },
-        ],
-        "notes": ["Δm is relative to the stl rows."],
-    }
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
-    return directory
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -194,11 +32,16 @@ def images(text: str) -> list[bytes]:
 
 
 def assert_self_contained(text: str) -> None:
+    """Nothing to fetch: no external source, link or import; scripts only inline, without src."""
     assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", text, re.I)
-    assert "<script" not in text.lower()
+    assert not re.search(r"<script[^>]*\bsrc\s*=", text, re.I)
     assert "<link" not in text.lower()
     assert "@import" not in text and "url(" not in text
     assert "http://" not in text and "https://" not in text
+
+
+def static_report(directory: Path) -> Path:
+    return write_report(directory, static=True)
 
 
 class _TableParser(HTMLParser):
@@ -238,16 +81,22 @@ def first_table(text: str) -> list[list[tuple[str, bool]]]:
 
 # ----------------------------------------------------------------- shared reports (drawn once)
 @pytest.fixture(scope="module")
-def run_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def run_report(
+    tmp_path_factory: pytest.TempPathFactory, files: SimpleNamespace
+) -> tuple[Path, Path]:
     """A finished two-task run with experts: (run directory, path write_report returned)."""
-    run = write_run(tmp_path_factory.mktemp("report") / "run", [LEFT, DEPTH], name="two-tasks")
-    return run, write_report(run)
+    run = files.write_run(
+        tmp_path_factory.mktemp("report") / "run", [files.LEFT, files.DEPTH], name="two-tasks"
+    )
+    return run, static_report(run)
 
 
 @pytest.fixture(scope="module")
-def experiment_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    experiment = write_experiment(tmp_path_factory.mktemp("report") / "demo")
-    return experiment, write_report(experiment)
+def experiment_report(
+    tmp_path_factory: pytest.TempPathFactory, files: SimpleNamespace
+) -> tuple[Path, Path]:
+    experiment = files.write_experiment(tmp_path_factory.mktemp("report") / "demo")
+    return experiment, static_report(experiment)
 
 
 # -------------------------------------------------------------------------------------- tests
@@ -301,8 +150,8 @@ def test_experiment_report_is_self_contained_with_a_section_per_run(
     assert path == experiment / "report.html"
     text = path.read_text(encoding="utf-8")
     assert_self_contained(text)
-    # the bar chart, then per run: 6 (with experts) + 4 + 4 + 4
-    assert text.count(IMG_PREFIX) == 1 + 6 + 4 + 4 + 4
+    # the bar chart and the validation curves by run, then per run: 6 (with experts) + 4 + 4 + 4
+    assert text.count(IMG_PREFIX) == 2 + 6 + 4 + 4 + 4
     assert all(png.startswith(PNG_SIGNATURE) for png in images(text))
     assert "Demo: &lt;left&gt; &amp; depth" in text  # the title, escaped
     assert "Δm is relative to the stl rows." in text  # the notes
@@ -351,11 +200,15 @@ def test_experiment_table_bolds_the_best_per_column(experiment_report: tuple[Pat
     assert body["uncertainty"][header.index("left auroc ↑")][0] == "0.8500"
 
 
-def test_incomplete_run_reports_what_exists_with_a_note(tmp_path: Path) -> None:
-    run = write_run(tmp_path / "killed", [LEFT, DEPTH], results=False, experts=False)
+def test_incomplete_run_reports_what_exists_with_a_note(
+    tmp_path: Path, files: SimpleNamespace
+) -> None:
+    run = files.write_run(
+        tmp_path / "killed", [files.LEFT, files.DEPTH], results=False, experts=False
+    )
     with (run / "metrics.csv").open("a", encoding="utf-8") as f:
         f.write("3,val,left,accu")  # the row being written when the run was killed
-    text = write_report(run).read_text(encoding="utf-8")
+    text = static_report(run).read_text(encoding="utf-8")
 
     assert "Incomplete run" in text
     assert "results.json not found" in text
@@ -369,20 +222,27 @@ def test_run_with_only_an_empty_metrics_file_still_reports(tmp_path: Path) -> No
     run = tmp_path / "just-started"
     run.mkdir()
     (run / "metrics.csv").write_text("", encoding="utf-8")
-    text = write_report(run).read_text(encoding="utf-8")
+    text = static_report(run).read_text(encoding="utf-8")
     assert "Incomplete run" in text
-    assert "Missing from" in text and "weights.csv" in text and "config.yaml" in text
+    assert "Missing from" in text and "weights.csv" in text
+    # config.yaml is optional (fit() called directly writes none): said, but not as a warning
+    assert "No configuration recorded" in text
+    assert "config.yaml" not in text.split("Missing from", 1)[1].split("</p>", 1)[0]
 
 
-def test_malformed_metrics_csv_names_the_file_and_column(tmp_path: Path) -> None:
-    run = write_run(tmp_path / "run", [LEFT])
+def test_malformed_metrics_csv_names_the_file_and_column(
+    tmp_path: Path, files: SimpleNamespace
+) -> None:
+    run = files.write_run(tmp_path / "run", [files.LEFT])
     (run / "metrics.csv").write_text("epoch,split,task,metric\n0,train,left,loss\n")
     with pytest.raises(ValueError, match=r"metrics\.csv.*'value'"):
         write_report(run)
 
 
-def test_malformed_weights_csv_names_the_file_and_column(tmp_path: Path) -> None:
-    run = write_run(tmp_path / "run", [LEFT])
+def test_malformed_weights_csv_names_the_file_and_column(
+    tmp_path: Path, files: SimpleNamespace
+) -> None:
+    run = files.write_run(tmp_path / "run", [files.LEFT])
     (run / "weights.csv").write_text("step,task,weight\n0,left,1.0\n")
     with pytest.raises(ValueError, match=r"weights\.csv.*'epoch'"):
         write_report(run)
@@ -396,15 +256,17 @@ def test_directory_without_a_record_is_a_clear_error(tmp_path: Path) -> None:
     assert not (empty / "report.html").exists()
 
 
-def test_experiment_with_a_missing_run_directory_notes_it(tmp_path: Path) -> None:
-    experiment = write_experiment(tmp_path / "demo")
+def test_experiment_with_a_missing_run_directory_notes_it(
+    tmp_path: Path, files: SimpleNamespace
+) -> None:
+    experiment = files.write_experiment(tmp_path / "demo")
     summary = json.loads((experiment / "summary.json").read_text())
     summary["rows"] = summary["rows"][:1]
     summary["rows"][0]["run_dir"] = "runs/gone"
     (experiment / "summary.json").write_text(json.dumps(summary))
-    text = render_report(experiment)
+    text = render_report(experiment, static=True)
     assert "runs/gone not found" in text
-    assert text.count(IMG_PREFIX) == 1
+    assert text.count(IMG_PREFIX) == 1  # the bar chart; no run has curves to draw
 
 
 def test_plots_return_png_bytes_and_leave_no_open_figure() -> None:
@@ -425,7 +287,9 @@ def test_plots_return_png_bytes_and_leave_no_open_figure() -> None:
 
 
 # --------------------------------------------------------------------------------- many tasks
-def test_many_tasks_are_summarised_quickly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_many_tasks_are_summarised_quickly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: SimpleNamespace
+) -> None:
     """60 tasks: summary figures (not one panel per task), a note saying so, a bounded size."""
 
     from polytask.report import MANY_TASKS
@@ -442,10 +306,10 @@ def test_many_tasks_are_summarised_quickly(tmp_path: Path, monkeypatch: pytest.M
         for i in range(n)
     ]
     for task in tasks:
-        monkeypatch.setitem(TASK_METRICS, str(task["name"]), ("mae", "mse"))
+        monkeypatch.setitem(files.TASK_METRICS, str(task["name"]), ("mae", "mse"))
     rows = []
     for j, label in enumerate(("equal", "uncertainty")):
-        write_run(tmp_path / "runs" / label, tasks, name=label, offset=0.01 * j, epochs=5)
+        files.write_run(tmp_path / "runs" / label, tasks, name=label, offset=0.01 * j, epochs=5)
         rows.append(
             {
                 "label": label,
@@ -461,7 +325,7 @@ def test_many_tasks_are_summarised_quickly(tmp_path: Path, monkeypatch: pytest.M
     (tmp_path / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
 
     # The cost is bounded by the number of figures (checked below), not by a wall-clock limit.
-    text = write_report(tmp_path).read_text(encoding="utf-8")
+    text = static_report(tmp_path).read_text(encoding="utf-8")
     assert_self_contained(text)
     assert f"{n} tasks (more than {MANY_TASKS})" in text
     assert "Summarised" in text

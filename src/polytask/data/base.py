@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from polytask.data.batch import Batch, Inputs, batch_len, slice_inputs
+from polytask.task_kinds.sequence import token_alignment_problem
 from polytask.tasks import LabelError, Task, TaskKind
 
 __all__ = [
@@ -159,6 +160,11 @@ class MultiTaskData:
                 task.validate_targets(y, where)
             except LabelError as err:
                 raise DataError(str(err)) from None
+            if task.layout == "token" and isinstance(self.inputs, Tensor):  # ids and labels align
+                assert self.row_ids is not None
+                problem = token_alignment_problem(task, self.inputs, y, self.row_ids.tolist())
+                if problem is not None:
+                    raise DataError(f"{where}: {problem} (rows are the data's row ids)")
         extra = set(self.targets) - set(names)
         if extra:
             raise DataError(f"{where}: targets for unknown task(s) {sorted(extra)}")

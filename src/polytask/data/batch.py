@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from polytask.task_kinds.sequence import token_alignment_problem
 from polytask.tasks import Task
 
 __all__ = [
@@ -51,14 +52,17 @@ class BatchError(ValueError):
 
 def batch_len(inputs: Inputs) -> int:
     """Number of samples in ``inputs`` (checked to agree across the keys of a dict)."""
+    # shape[0], not int(shape[0]): eagerly it is an int already, and under torch.export / tracing
+    # it stays symbolic, so an exported model keeps a dynamic batch size (lifecycle/export.py)
     if isinstance(inputs, Tensor):
-        return int(inputs.shape[0])
-    sizes = {k: int(v.shape[0]) for k, v in inputs.items()}
+        return inputs.shape[0]
+    sizes = {k: v.shape[0] for k, v in inputs.items()}
     if not sizes:
         raise BatchError("inputs are an empty dict; give at least one named input tensor")
-    if len(set(sizes.values())) != 1:
+    first = next(iter(sizes.values()))
+    if any(size != first for size in sizes.values()):
         raise BatchError(f"the named inputs have different batch sizes: {sizes}")
-    return next(iter(sizes.values()))
+    return first
 
 
 def slice_inputs(inputs: Inputs, index: Tensor | slice) -> Inputs:
@@ -183,6 +187,11 @@ class MultiTaskCollate:
             raise BatchError(
                 f"item {at}: key {bad!r} is no task of this run (tasks: {self.task_names})"
             )
+        if isinstance(inputs, Tensor):  # token labels must align with token ids (per item)
+            for task in (t for t in self.tasks if t.layout == "token"):
+                problem = token_alignment_problem(task, inputs, targets[task.name], ids)
+                if problem is not None:
+                    raise BatchError(problem)
         return inputs, targets
 
     def _stack_inputs(self, values: list[Any], ids: Sequence[int | str]) -> Inputs:

@@ -1,4 +1,4 @@
-"""MNIST scenes: a CPU-sized dense benchmark (segmentation + depth, boxes kept for detection).
+"""MNIST scenes: a CPU-sized dense benchmark (segmentation + depth, optionally detection).
 
 Each scene places 2-4 real MNIST digits on a square canvas (48x48 by default). Every digit gets a
 random *depth* ``d`` in ``[1, 2]`` and is drawn the way a camera would see it: scaled by ``1 / d``
@@ -14,13 +14,19 @@ Tasks (targets per pixel):
 * ``depth``: the depth of the visible digit at each of its stroke pixels; background pixels are
   missing (NaN) unless ``background_depth`` gives them a constant (e.g. a wall at depth 3).
 
-Boxes for the later detection task (not a task yet): every digit's tight box around its stroke
-pixels, as drawn before occlusion (``[x0, y0, x1, y1]`` in pixel edges, so ``x1 - x0`` is the
-width in pixels), with its digit, depth and the fraction of its stroke pixels left visible. They
-live in each split's ``info`` (``boxes`` ``[N, 4, 4]``, ``box_labels``, ``box_depths``,
-``box_visible``, padded with NaN / -1 for scenes of fewer than 4 digits) indexed by ``row_ids``
-(the scene's index in its split), so they follow any subset of the rows; :func:`scene_boxes`
-reads them.
+* ``detection`` (only when asked for: ``tasks=["segmentation", "depth", "detection"]``; the
+  default stays segmentation + depth): the digits as objects of 10 classes, one box per digit at
+  least ``min_visible`` (10 %) visible, in the kind's padded layout ``[N, 4, 5]`` rows
+  ``(digit, x0, y0, x1, y1)``, class -1 for padding (:mod:`polytask.task_kinds.detection`). A
+  digit hidden almost entirely behind nearer ones is drawn but not annotated: no detector could
+  find it, and a box nobody can see would only cap the recall.
+
+Every digit's tight box around its stroke pixels, as drawn before occlusion (``[x0, y0, x1, y1]``
+in pixel edges, so ``x1 - x0`` is the width in pixels), with its digit, depth and the fraction of
+its stroke pixels left visible, is also kept in each split's ``info`` (``boxes`` ``[N, 4, 4]``,
+``box_labels``, ``box_depths``, ``box_visible``, padded with NaN / -1 for scenes of fewer than 4
+digits) indexed by ``row_ids`` (the scene's index in its split), so they follow any subset of the
+rows; :func:`scene_boxes` reads them.
 
 Leakage: the *digit images* are split into train / validation / test pools first (by
 ``fractions``, seeded) and each split's scenes draw only from their own pool, so no digit image is
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -42,21 +49,56 @@ from polytask.data.base import DataError, MultiTaskData, Splits, TaskData
 from polytask.data.multimnist import load_mnist_digits
 from polytask.tasks import Task
 
-__all__ = ["NUM_CLASSES", "load_mnist_scenes", "mnist_scene_tasks", "render_scenes", "scene_boxes"]
+__all__ = [
+    "NUM_CLASSES",
+    "SCENE_TASKS",
+    "detection_targets",
+    "load_mnist_scenes",
+    "mnist_scene_tasks",
+    "render_scenes",
+    "scene_boxes",
+]
 
 #: Segmentation classes: background and the ten digits.
 NUM_CLASSES = 11
 MAX_DIGITS = 4
 _GLYPH = 28
 _DEPTH_RANGE = (1.0, 2.0)
+#: The tasks a scenes data set can label, in the order they are listed.
+SCENE_TASKS = ("segmentation", "depth", "detection")
+_DEFAULT_TASKS = ("segmentation", "depth")
 
 
-def mnist_scene_tasks() -> list[Task]:
-    """The scene tasks: ``segmentation`` (11 classes) and ``depth`` (NaN marks the background)."""
-    return [
-        Task("segmentation", "segmentation", num_classes=NUM_CLASSES),
-        Task("depth", "depth"),
-    ]
+def mnist_scene_tasks(
+    tasks: Sequence[str] = _DEFAULT_TASKS, canvas: int = 48, stride: int = 4
+) -> list[Task]:
+    """The scene tasks asked for: ``segmentation`` (11 classes), ``depth`` (NaN marks the
+    background) and ``detection`` (10 digit classes on a ``canvas`` image, heatmaps at ``stride``).
+    """
+    unknown = [t for t in tasks if t not in SCENE_TASKS]
+    if unknown or not tasks or len(set(tasks)) != len(tasks):
+        raise DataError(
+            f"MNIST scenes tasks must be distinct names among {list(SCENE_TASKS)}, got {list(tasks)}"
+        )
+    made = {
+        "segmentation": lambda: Task("segmentation", "segmentation", num_classes=NUM_CLASSES),
+        "depth": lambda: Task("depth", "depth"),
+        "detection": lambda: Task(
+            "detection", "detection", num_classes=10,
+            options={"image_size": [canvas, canvas], "stride": stride},
+        ),
+    }
+    return [made[name]() for name in tasks]
+
+
+def detection_targets(
+    boxes: Tensor, labels: Tensor, visible: Tensor, min_visible: float
+) -> Tensor:
+    """``[N, K, 5]`` detection rows ``(digit, x0, y0, x1, y1)`` of the digits at least
+    ``min_visible`` visible; the other rows (absent or hidden digits) are padding (all -1)."""
+    keep = (labels >= 0) & (visible >= min_visible)
+    rows = torch.cat([labels.unsqueeze(-1).to(boxes.dtype), boxes], dim=-1)
+    return torch.where(keep.unsqueeze(-1), rows, torch.full_like(rows, -1.0))
 
 
 def render_scenes(
@@ -202,8 +244,11 @@ def load_mnist_scenes(
     background_depth: float | None = None,
     threshold: float = 0.5,
     dilate: int = 2,
+    tasks: Sequence[str] = _DEFAULT_TASKS,
+    min_visible: float = 0.1,
+    detection_stride: int = 4,
 ) -> Splits:
-    """MNIST scenes splits with tasks ``segmentation`` (11 classes) and ``depth``.
+    """MNIST scenes splits with tasks ``segmentation`` (11 classes) and ``depth`` (by default).
 
     Args:
         source, path: the real digits (:func:`~polytask.data.multimnist.load_mnist_digits`):
@@ -217,9 +262,16 @@ def load_mnist_scenes(
         threshold: glyph intensity (0-1) from which a pixel is a stroke pixel.
         dilate: pixels by which a digit's labelled region grows around its strokes (0: the
             strokes alone).
+        tasks: which of ``segmentation``, ``depth``, ``detection`` to label (default the first
+            two, so existing configs and cached baselines are unchanged).
+        min_visible: detection only: a digit is annotated when at least this fraction of its
+            stroke pixels is visible.
+        detection_stride: detection only: the output stride of the detection head (must divide
+            ``canvas``).
 
     Inputs are ``float32 [N, 1, canvas, canvas]`` in [0, 1]; targets ``segmentation`` ``long
-    [N, canvas, canvas]`` and ``depth`` ``float32 [N, 1, canvas, canvas]``.
+    [N, canvas, canvas]``, ``depth`` ``float32 [N, 1, canvas, canvas]`` and ``detection``
+    ``float32 [N, 4, 5]``.
     """
     if canvas < _GLYPH:
         raise DataError(f"canvas must be at least {_GLYPH} pixels (a digit at depth 1), got {canvas}")
@@ -234,6 +286,16 @@ def load_mnist_scenes(
         raise DataError(f"dilate must be an integer from 0 to 4 pixels, got {dilate}")
     if background_depth is not None and not (math.isfinite(background_depth) and background_depth > 0):
         raise DataError(f"background_depth must be a positive number or None, got {background_depth}")
+    if not 0.0 <= min_visible <= 1.0:
+        raise DataError(f"min_visible must be a fraction in [0, 1], got {min_visible}")
+    if isinstance(tasks, str):
+        tasks = [tasks]
+    try:
+        task_list = mnist_scene_tasks(tuple(tasks), canvas, detection_stride)
+    except DataError:
+        raise
+    except ValueError as err:  # the detection task refusing the stride for this canvas
+        raise DataError(f"MNIST scenes: {err}") from None
     images, labels = load_mnist_digits(source, path)
     pixels = torch.from_numpy(images.astype(np.float32) / 255.0)
     classes = torch.from_numpy(labels.copy())
@@ -245,7 +307,6 @@ def load_mnist_scenes(
         "val": perm[n_train : n_train + n_val],
         "test": perm[n_train + n_val :],
     }
-    tasks = mnist_scene_tasks()
     data: dict[str, MultiTaskData] = {}
     for index, (split, pool) in enumerate(pools.items()):
         if pool.numel() < hi:
@@ -264,16 +325,24 @@ def load_mnist_scenes(
         )
         used = picks >= 0
         n = int(scenes[index])
+        box_labels = torch.where(used, classes[safe], torch.full_like(picks, -1))
+        targets = {
+            "segmentation": drawn["segmentation"],
+            "depth": drawn["depth"],
+            "detection": detection_targets(
+                drawn["boxes"], box_labels, drawn["visible"], min_visible
+            ),
+        }
         data[split] = MultiTaskData(
             inputs=drawn["image"],
-            targets={"segmentation": drawn["segmentation"], "depth": drawn["depth"]},
-            tasks=tasks,
+            targets={t.name: targets[t.name] for t in task_list},
+            tasks=task_list,
             name="mnist_scenes",
             row_ids=torch.arange(n),
             info={
                 "split": split,
                 "boxes": drawn["boxes"],
-                "box_labels": torch.where(used, classes[safe], torch.full_like(picks, -1)),
+                "box_labels": box_labels,
                 "box_depths": torch.where(used, depths, torch.full_like(depths, math.nan)),
                 "box_visible": drawn["visible"],
                 "source_digits": picks,
@@ -293,6 +362,7 @@ def load_mnist_scenes(
             "fractions": list(fractions),
             "pools": {k: int(v.numel()) for k, v in pools.items()},
             "background_depth": background_depth,
+            "tasks": [t.name for t in task_list],
             "recipe": "2-4 real MNIST digits per scene, depth d~U[1,2]: size round(28/d), "
             "brightness 1.5-d/2, composited far to near; segmentation 0=background, 1+digit; "
             "depth at stroke pixels (>= threshold), background missing",
@@ -305,7 +375,8 @@ def scene_boxes(data: TaskData) -> list[dict[str, Tensor]]:
 
     Each row gives ``boxes [k, 4]`` (``x0, y0, x1, y1`` pixel edges), ``labels [k]`` (digits 0-9),
     ``depths [k]`` and ``visible [k]`` (fraction of stroke pixels not occluded) for its ``k`` digits:
-    the targets of the later detection task, in torchmetrics' ``MeanAveragePrecision`` layout.
+    every drawn digit, however hidden (the ``detection`` task keeps those at least
+    ``min_visible`` visible), in torchmetrics' ``MeanAveragePrecision`` layout.
     """
     info = getattr(data, "info", None) or {}
     row_ids = getattr(data, "row_ids", None)

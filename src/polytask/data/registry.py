@@ -20,10 +20,12 @@ from typing import Any, TypeVar
 
 from polytask.data.base import DataError, Splits
 from polytask.data.census import load_census
+from polytask.data.cityscapes import load_cityscapes
 from polytask.data.mnist_scenes import load_mnist_scenes
 from polytask.data.molecules import MOLECULENET, load_moleculenet
 from polytask.data.multimnist import load_multimnist
 from polytask.data.multisource import MultiSourceSplits, multimnist_two_sources, sources_by_task
+from polytask.data.nyuv2 import load_nyuv2
 from polytask.data.qm9 import load_qm9
 from polytask.data.school import load_school
 
@@ -143,6 +145,16 @@ register_dataset(
     "school",
     "ILEA School: 15,362 students, 139 per-school exam-score regression tasks (missing labels)",
 )(load_school)
+register_dataset(
+    "nyuv2",
+    "NYUv2 (MTAN's preprocessed .npy files, 288x384, no download): 13-class segmentation, "
+    "depth, surface normals; read per item",
+)(load_nyuv2)
+register_dataset(
+    "cityscapes",
+    "Cityscapes (MTAN's preprocessed .npy files, 128x256, no download): 7- or 19-class "
+    "segmentation and inverse depth; read per item",
+)(load_cityscapes)
 register_dataset(
     "qm9",
     "QM9 (qm9pack): 130,831 molecules, 11 DFT property regression targets, ECFP4 + RDKit 2-D",

@@ -1,4 +1,4 @@
-"""A few validation samples of the dense tasks, predicted and true, saved beside a run for the report.
+"""A few validation samples of the dense and box tasks, predicted and true, saved for the report.
 
 Why a file rather than the report running the model: the report reads run directories only (it
 renders runs from other machines, and runs whose code has moved on), so the run writes what the
@@ -7,6 +7,11 @@ validation split: the input image, the target as stored (missing pixels marked) 
 model's prediction in the target's units (:meth:`~polytask.tasks.Task.predict`). A few 48x48
 scenes are a few kilobytes; images of any size are kept at most ``max_side`` pixels a side
 (subsampled), so a run on large images does not write megabytes.
+
+Box tasks (``layout == "boxes"``, detection) keep their target rows ``[n, K, 5]`` (class, x0, y0,
+x1, y1; class -1 is padding, an all-NaN image is unannotated) and their decoded detections
+``[n, k, 6]`` (x0, y0, x1, y1, score, class), best first, with coordinates in pixels of the kept
+(possibly subsampled) input image, so the report draws both as rectangles on it.
 """
 
 from __future__ import annotations
@@ -46,6 +51,21 @@ def _image(inputs: object, step: int) -> np.ndarray | None:
     return x.permute(0, 2, 3, 1).numpy()
 
 
+def _box_step(inputs: object, max_side: int) -> int:
+    """The subsampling of the kept input image, which box coordinates are divided by (1 when the
+    inputs are not images: nothing is drawn under the boxes then)."""
+    if isinstance(inputs, Tensor) and inputs.ndim == 4:
+        return _stride(int(inputs.shape[-1]), max_side)
+    return 1
+
+
+def _scale_boxes(boxes: Tensor, columns: tuple[int, int], step: int) -> np.ndarray:
+    """Boxes with their corner columns ``[start, end)`` divided by the image's subsampling."""
+    out = boxes.clone()
+    out[..., columns[0] : columns[1]] /= step
+    return out.numpy()
+
+
 @torch.no_grad()
 def write_dense_samples(
     model: nn.Module,
@@ -55,8 +75,9 @@ def write_dense_samples(
     n: int = 4,
     max_side: int = 128,
 ) -> Path | None:
-    """Write ``run_dir/dense_samples.npz`` for the dense tasks; ``None`` (no file) when none is dense."""
-    dense = [t for t in tasks if t.layout == "dense"]
+    """Write ``run_dir/dense_samples.npz`` for the dense and box tasks; ``None`` (no file) when
+    there are none."""
+    dense = [t for t in tasks if t.layout in ("dense", "boxes")]
     if not dense or len(data) == 0:
         return None
     x, y = next(iter(data.batches(min(n, len(data)))))
@@ -72,12 +93,17 @@ def write_dense_samples(
     step = 1
     for task in dense:
         truth = y[task.name]
-        step = _stride(int(truth.shape[-1]), max_side)
         pred = task.predict(outputs[task.name].float()).cpu()
-        arrays[f"truth/{task.name}"] = truth[..., ::step, ::step].cpu().numpy()
-        arrays[f"pred/{task.name}"] = pred[..., ::step, ::step].numpy()
+        if task.layout == "boxes":
+            step = _box_step(x, max_side)
+            arrays[f"truth/{task.name}"] = _scale_boxes(truth.float().cpu(), (1, 5), step)
+            arrays[f"pred/{task.name}"] = _scale_boxes(pred, (0, 4), step)
+        else:
+            step = _stride(int(truth.shape[-1]), max_side)
+            arrays[f"truth/{task.name}"] = truth[..., ::step, ::step].cpu().numpy()
+            arrays[f"pred/{task.name}"] = pred[..., ::step, ::step].numpy()
         meta["tasks"][task.name] = {
-            "kind": task.kind.value, "num_classes": task.num_classes,
+            "kind": task.kind.value, "layout": task.layout, "num_classes": task.num_classes,
             "ignore_index": task.ignore_index, "options": task.options,
         }
     image = _image(x, step)

@@ -8,15 +8,21 @@ task layout        vector ``[B, D]``                                 map ``[B, C
 ``dense``          refused                                           map: upsampling decoder
                                                                      (:class:`DenseDecoder`)
 ``token``          refused                                           sequence: linear per position
+``boxes``          refused                                           map: detection head
+                                                                     (:class:`DetectionHead`)
 =================  ================================================  ==============================
 
 A task's *layout* says what one target is: one value per sample (every classification and
-regression of a table or an image), one per pixel (segmentation, depth) or one per token. A task
+regression of a table or an image), one per pixel (segmentation, depth), one per token, or a
+padded list of boxes per image (detection: heatmaps and box regressions at the task's output
+stride, :mod:`polytask.task_kinds.detection`). A task
 that brings its own head factory (``Task.head``) gets the trunk's width and the features as they
 are. A pair with no head raises before any training, naming the task and the feature spec.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor, nn
@@ -25,7 +31,15 @@ from torch.nn import functional as F
 from polytask.models.features import FeatureSpec, pool_to_vector
 from polytask.tasks import Task
 
-__all__ = ["DenseDecoder", "HeadError", "PooledHead", "TokenHead", "make_task_head", "task_layout"]
+__all__ = [
+    "DenseDecoder",
+    "DetectionHead",
+    "HeadError",
+    "PooledHead",
+    "TokenHead",
+    "make_task_head",
+    "task_layout",
+]
 
 
 class HeadError(ValueError):
@@ -85,6 +99,57 @@ class DenseDecoder(nn.Module):
         return F.interpolate(out, size=size, mode="bilinear", align_corners=False)
 
 
+class DetectionHead(nn.Module):
+    """A CenterNet-style head ``[B, C, h, w] -> [B, classes + 4, h*S/s, w*S/s]``.
+
+    The trunk's map (stride ``S``) is upsampled bilinearly to the task's output stride ``s``
+    (``S / s`` must be a whole number), then a shared 3x3 conv + ReLU feeds two 1x1 convs: the
+    class heatmaps (logits) and four box channels (width, height, centre offset x, y). Why one
+    tensor out: a model's output is one tensor per task, and the kind splits it by channel. The
+    heatmap bias starts at ``-log((1 - 0.1) / 0.1)`` (a prior of 0.1 per cell, as in CenterNet and
+    RetinaNet), so the focal loss does not start from the huge loss of p = 0.5 everywhere.
+    """
+
+    def __init__(
+        self, spec: FeatureSpec, num_classes: int, stride: int, hidden: int | None = None
+    ) -> None:
+        super().__init__()
+        if stride < 1 or spec.stride % stride:
+            raise HeadError(
+                f"a detection head at output stride {stride} cannot read a feature map of stride "
+                f"{spec.stride}: the trunk's stride must be a multiple of the task's (set the "
+                f"task's stride option to a divisor of {spec.stride})"
+            )
+        width = hidden or max(32, min(128, spec.channels))
+        self.scale = spec.stride // stride
+        self.body = nn.Sequential(nn.Conv2d(spec.channels, width, 3, padding=1), nn.ReLU())
+        self.heatmap = nn.Conv2d(width, num_classes, 1)
+        self.boxes = nn.Conv2d(width, 4, 1)
+        nn.init.constant_(self.heatmap.bias, -math.log((1 - 0.1) / 0.1))
+
+    def forward(self, features: Tensor) -> Tensor:
+        if self.scale > 1:
+            features = F.interpolate(
+                features, scale_factor=self.scale, mode="bilinear", align_corners=False
+            )
+        hidden = self.body(features)
+        return torch.cat([self.heatmap(hidden), self.boxes(hidden)], dim=1)
+
+
+def _box_head(task: Task, spec: FeatureSpec) -> DetectionHead:
+    """The detection head of a ``boxes`` task: its kind gives the classes and output stride."""
+    stride = (task.options or {}).get("stride", task.kind_spec.option_defaults.get("stride"))
+    if task.num_classes is None or not isinstance(stride, int):
+        raise HeadError(
+            f"task {task.name!r} (boxes targets) needs num_classes and an integer stride option "
+            f"for its detection head, got num_classes={task.num_classes}, stride={stride!r}"
+        )
+    try:
+        return DetectionHead(spec, task.num_classes, stride)
+    except HeadError as err:
+        raise HeadError(f"task {task.name!r}: {err}") from None
+
+
 def make_task_head(task: Task, spec: FeatureSpec) -> nn.Module:
     """The head of ``task`` on features described by ``spec``; :class:`HeadError` if none fits."""
     if task.head is not None:
@@ -99,7 +164,13 @@ def make_task_head(task: Task, spec: FeatureSpec) -> nn.Module:
         return DenseDecoder(spec, out)
     if layout == "token" and spec.kind == "sequence":
         return TokenHead(spec, out)
-    needs = {"dense": "a feature map [B, C, H, W]", "token": "a token sequence [B, L, D]"}
+    if layout == "boxes" and spec.kind == "map":
+        return _box_head(task, spec)
+    needs = {
+        "dense": "a feature map [B, C, H, W]",
+        "token": "a token sequence [B, L, D]",
+        "boxes": "a feature map [B, C, H, W]",
+    }
     raise HeadError(
         f"task {task.name!r} ({layout} targets) needs {needs.get(layout, 'other features')}, but "
         f"the trunk gives {spec.describe()}; use a trunk with output='map' / a sequence "

@@ -7,7 +7,8 @@ mask is
 
     a_j = sigmoid(g_j^k([s_j, resize(t_{j-1})]))      (``a_1 = sigmoid(g_1^k(s_1))``)
 
-and its attended feature is ``t_j = a_j ⊙ s_j``; the head reads the flattened ``t_L``. ``g`` is two
+and its attended feature is ``t_j = a_j ⊙ s_j``; the head reads the flattened ``t_L`` (a dense or
+token task's head reads ``t_L`` unflattened: an upsampling decoder on a feature map). ``g`` is two
 1x1 convolutions (written as linear layers over the channel dimension, so the same module serves
 ``[B, C]``, ``[B, C, L]`` and ``[B, C, H, W]`` features) with a ReLU between them, as in the paper
 but without batch normalisation (it would couple the samples of a batch). ``resize`` brings the
@@ -40,6 +41,8 @@ from torch.nn import functional as F
 
 from polytask.data.batch import Inputs, batch_len
 from polytask.models.base import MultiTaskModel
+from polytask.models.features import infer_feature_spec
+from polytask.models.heads import make_task_head
 from polytask.models.mmoe import example_batch, flat_width, pool_features, staged_parts
 from polytask.models.registry import register_architecture
 from polytask.tasks import Task
@@ -120,7 +123,15 @@ class MTAN(MultiTaskModel):
             {t.name: nn.ModuleList(attention(j) for j in range(len(feats))) for t in self.tasks}
         )
         self.out_features = flat_width(feats[-1])
-        self.heads = nn.ModuleDict({t.name: t.make_head(self.out_features) for t in self.tasks})
+        # Per-pixel (and per-token) tasks read the attended last feature as it is, through the
+        # head of their layout (an upsampling decoder on a map); per-sample tasks read it flat.
+        last = infer_feature_spec(trunk, ex)  # the last stage's output: what t_L looks like
+        self._unflat = {t.name for t in self.tasks if t.layout != "sample"}
+        self.heads = nn.ModuleDict({
+            t.name: make_task_head(t, last) if t.name in self._unflat
+            else t.make_head(self.out_features)
+            for t in self.tasks
+        })
 
     def encode(self, x: Inputs) -> Tensor:
         feats = self.trunk.forward_features(x)
@@ -150,7 +161,8 @@ class MTAN(MultiTaskModel):
                 inp = s if attended is None else torch.cat([s, match_shape(attended, s)], dim=1)
                 attended = self.attention[t][j](inp) * s
             assert attended is not None
-            result[t] = self.heads[t](attended.reshape(attended.shape[0], -1))
+            flat = t not in self._unflat
+            result[t] = self.heads[t](attended.reshape(attended.shape[0], -1) if flat else attended)
         return result
 
     def shared_modules(self) -> list[nn.Module]:

@@ -1,4 +1,7 @@
-"""Plots for the HTML report: each function draws one figure and returns it as PNG bytes.
+"""Static PNG figures for the report (``--static``), and the dense samples kept as images.
+
+:func:`render_png` draws a :mod:`polytask.report.figures` spec; the interactive report draws the
+same specs with plotly instead (:mod:`polytask.report.interactive`).
 
 Why PNG bytes rather than figures: the report embeds every image as a base64 ``data:`` URI so that
 one file carries everything. Returning bytes keeps these functions free of HTML concerns, easy to
@@ -28,6 +31,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from polytask.report import figures
+
 __all__ = [
     "PNG_SIGNATURE",
     "Series",
@@ -38,10 +43,10 @@ __all__ = [
     "histogram",
     "line_panels",
     "line_plot",
+    "render_png",
 ]
 
-Series = tuple[Sequence[float], Sequence[float]]
-"""One line: ``(xs, ys)`` of equal length. ``NaN`` in ``ys`` leaves a gap."""
+Series = figures.Series
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -311,6 +316,7 @@ def histogram(
     xlabel: str,
     *,
     bins: int = 20,
+    ylabel: str = "tasks",
 ) -> bytes:
     """Histograms of named samples on shared bins, drawn as outlines so that several stay legible.
 
@@ -337,7 +343,7 @@ def histogram(
         _legend(ax, len(clean))
     ax.set_title(title)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("tasks")
+    ax.set_ylabel(ylabel)
     return _to_png(fig)
 
 
@@ -351,8 +357,12 @@ def heatmap(
     ylabel: str = "",
     colorbar_label: str = "",
     annotate: bool = True,
+    center: float | None = None,
 ) -> bytes:
-    """A matrix as coloured cells (``values[row][col]``), annotated with values when it is small."""
+    """A matrix as coloured cells (``values[row][col]``), annotated with values when it is small.
+
+    ``center``: a diverging colour scale symmetric around that value (similarities in [-1, 1]).
+    """
     n_rows, n_cols = len(row_labels), len(col_labels)
     if any(len(row) != n_cols for row in values) or len(values) != n_rows:
         raise ValueError(
@@ -366,13 +376,19 @@ def heatmap(
     if n_rows == 0 or n_cols == 0:
         _no_data(ax)
     else:
-        image = ax.imshow(values, aspect="auto", cmap="viridis")
+        finite = [v for row in values for v in row if math.isfinite(v)]
+        spread = 1.0
+        if center is not None:
+            spread = max((abs(v - center) for v in finite), default=1.0) or 1.0
+            image = ax.imshow(values, aspect="auto", cmap="RdBu_r", vmin=center - spread,
+                              vmax=center + spread)
+        else:
+            image = ax.imshow(values, aspect="auto", cmap="viridis")
         ax.set_xticks(range(n_cols), list(col_labels), fontsize="small")
         ax.set_yticks(range(n_rows), list(row_labels), fontsize="small")
         colorbar = fig.colorbar(image, ax=ax)
         colorbar.set_label(colorbar_label)
         if annotate and n_rows * n_cols <= 200:
-            finite = [v for row in values for v in row if math.isfinite(v)]
             middle = (min(finite) + max(finite)) / 2 if finite else 0.0
             for r, row in enumerate(values):
                 for c, value in enumerate(row):
@@ -384,7 +400,12 @@ def heatmap(
                             ha="center",
                             va="center",
                             fontsize="x-small",
-                            color="black" if value > middle else "white",
+                            color=(
+                                "black"
+                                if (center is not None and abs(value - center) < spread / 2)
+                                or (center is None and value > middle)
+                                else "white"
+                            ),
                         )
     ax.set_title(title)
     ax.set_xlabel(xlabel)
@@ -427,8 +448,39 @@ def _labelled(truth: Any, task: Mapping[str, Any]) -> Any:
     return mask
 
 
-def dense_samples(image: Any, tasks: Mapping[str, Mapping[str, Any]], title: str) -> bytes:
+def _drawable(task: Mapping[str, Any]) -> str | None:
+    """Why a task's samples cannot be drawn as maps, or ``None`` when they can."""
+    import numpy as np
+
+    truth, pred = np.asarray(task.get("truth")), np.asarray(task.get("pred"))
+    if task.get("layout") == "boxes":  # detection: drawn by _box_panel
+        ok = truth.ndim == pred.ndim == 3 and truth.shape[2] == 5 and pred.shape[2] == 6
+        return None if ok else f"boxes of shapes {list(truth.shape)} / {list(pred.shape)}"
+    if truth.ndim not in (3, 4) or (truth.ndim == 4 and truth.shape[1] != 3):
+        return f"truth of shape {list(truth.shape)} is not [n, H, W] or [n, 3, H, W] maps"
+    if pred.shape[0] != truth.shape[0] or pred.shape[-2:] != truth.shape[-2:]:
+        return f"prediction of shape {list(pred.shape)} does not match truth {list(truth.shape)}"
+    return None
+
+
+def _single_channel_squeezed(task: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A one-channel map task (depth: ``[n, 1, H, W]``) as ``[n, H, W]``, the drawable layout."""
+    import numpy as np
+
+    truth, pred = np.asarray(task.get("truth")), np.asarray(task.get("pred"))
+    if task.get("layout") == "boxes" or truth.ndim != 4 or truth.shape[1] != 1:
+        return task
+    squeezed = pred[:, 0] if pred.ndim == 4 and pred.shape[1] == 1 else pred
+    return {**task, "truth": truth[:, 0], "pred": squeezed}
+
+
+def dense_samples(
+    image: Any, tasks: Mapping[str, Mapping[str, Any]], title: str
+) -> tuple[bytes, dict[str, str]]:
     """Rows of samples: the input, then each dense task's truth beside its prediction.
+
+    Returns the PNG and, per task that is not a map of the input's size (its samples cannot be
+    drawn here), the reason, for the report to say so rather than leave the task out silently.
 
     ``image`` is ``[n, H, W]`` or ``[n, H, W, 3]`` (or None); each task maps to ``kind``,
     ``num_classes``, ``truth`` and ``pred`` arrays with the samples first. Unlabelled pixels are
@@ -439,13 +491,15 @@ def dense_samples(image: Any, tasks: Mapping[str, Mapping[str, Any]], title: str
     """
     import numpy as np
 
-    names = list(tasks)
+    tasks = {name: _single_channel_squeezed(task) for name, task in tasks.items()}
+    skipped = {name: why for name in tasks if (why := _drawable(tasks[name])) is not None}
+    names = [name for name in tasks if name not in skipped]
     n = min(len(tasks[name]["truth"]) for name in names) if names else 0
     cols = (image is not None) + 2 * len(names)
     if n == 0 or cols == 0:
         fig = _new_figure(_PANEL_W, 1.5)
         _no_data(fig.add_subplot())
-        return _to_png(fig)
+        return _to_png(fig), skipped
     side = 1.35
     fig = _new_figure(0.3 + side * cols, 0.85 + side * n)
     _margins(fig, left=0.15, right=0.15, top=0.75, bottom=0.1, wspace=0.08, hspace=0.08,
@@ -468,9 +522,13 @@ def dense_samples(image: Any, tasks: Mapping[str, Mapping[str, Any]], title: str
             truth = np.asarray(tasks[name]["truth"], dtype=float)[row]
             for which in ("truth", "pred"):
                 values = np.asarray(tasks[name][which])[row]
-                if which == "pred" and tasks[name].get("kind") != "segmentation":
+                if tasks[name].get("layout") == "boxes":
+                    _box_panel(axes[row, col], None if image is None else image[row], values,
+                               tasks[name], predicted=which == "pred")
+                elif which == "pred" and tasks[name].get("kind") != "segmentation":
                     values = np.where(_labelled(truth, tasks[name]), values, np.nan)
-                _dense_panel(axes[row, col], values, tasks[name], scales[name])
+                if tasks[name].get("layout") != "boxes":
+                    _dense_panel(axes[row, col], values, tasks[name], scales[name])
                 if row == 0:
                     label = "truth" if which == "truth" else "prediction"
                     axes[row, col].set_title(f"{name}\n{label}", fontsize="small")
@@ -478,4 +536,73 @@ def dense_samples(image: Any, tasks: Mapping[str, Mapping[str, Any]], title: str
     if image is not None:
         axes[0, 0].set_title("input", fontsize="small")
     fig.suptitle(title, fontsize="medium", y=1 - 0.12 / fig.get_size_inches()[1])
-    return _to_png(fig)
+    return _to_png(fig), skipped
+
+
+def render_png(spec: figures.FigureSpec) -> bytes:
+    """Draw a figure spec as a PNG: one axes for a single unnamed panel, small multiples else."""
+    if isinstance(spec, figures.Lines):
+        if len(spec.panels) == 1:
+            (name, series), = spec.panels.items()
+            return line_plot(
+                series, spec.title if not name else f"{spec.title}: {name}", spec.xlabel,
+                spec.ylabels.get(name, name), raw=spec.raw.get(name), vline=spec.vline,
+                vline_label=spec.vline_label,
+            )
+        return line_panels(
+            spec.panels, spec.title, spec.xlabel, ylabels=spec.ylabels, vline=spec.vline,
+            vline_label=spec.vline_label,
+        )
+    if isinstance(spec, figures.Bars):
+        return bar_panels(spec.panels, spec.title, ylabels=spec.ylabels)
+    if isinstance(spec, figures.Histogram):
+        return histogram(spec.values, spec.title, spec.xlabel, bins=spec.bins, ylabel=spec.ylabel)
+    if isinstance(spec, figures.Heatmap):
+        return heatmap(
+            spec.values, spec.rows, spec.cols, spec.title, xlabel=spec.xlabel,
+            ylabel=spec.ylabel, colorbar_label=spec.colorbar_label, center=spec.center,
+        )
+    raise TypeError(f"render_png: unknown figure spec {type(spec).__name__}")
+
+
+#: Predicted boxes drawn on a sample: those scoring at least this (the rest only rank for mAP).
+BOX_SCORE_SHOWN = 0.3
+
+
+def _box_panel(
+    ax: Axes, image: Any, boxes: Any, task: Mapping[str, Any], *, predicted: bool
+) -> None:
+    """Boxes on the input image: true rows ``(class, x0, y0, x1, y1)`` (padding: class -1), or
+    predicted rows ``(x0, y0, x1, y1, score, class)`` scoring at least :data:`BOX_SCORE_SHOWN`,
+    labelled ``class:score``. Coordinates are pixel edges, so a box hugs the pixels it covers."""
+    import numpy as np
+    from matplotlib.patches import Rectangle
+
+    size = (task.get("options") or {}).get("image_size") or [1, 1]
+    size = [size, size] if isinstance(size, int) else size
+    if image is not None:
+        ax.imshow(image, cmap="gray" if np.ndim(image) == 2 else None, interpolation="nearest")
+    else:
+        ax.imshow(np.zeros(size[:2]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    rows = np.asarray(boxes, dtype=float)
+    if not predicted and np.isnan(rows).all():
+        ax.text(0.5, 0.5, "not annotated", ha="center", va="center", color="0.7",
+                fontsize="x-small", transform=ax.transAxes)
+    for r in rows:
+        if not np.isfinite(r).all():
+            continue
+        if predicted:
+            (x0, y0, x1, y1), score, cls, colour = r[:4], r[4], int(r[5]), "tab:orange"
+            if score < BOX_SCORE_SHOWN:
+                continue
+            text = f"{cls}:{score:.2f}"
+        else:
+            cls, (x0, y0, x1, y1), colour = int(r[0]), r[1:5], "tab:green"
+            if cls < 0:
+                continue
+            text = str(cls)
+        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
+                               edgecolor=colour, linewidth=1.0))
+        ax.text(x0 - 0.5, y0 - 0.5, text, color=colour, fontsize=5, va="bottom", ha="left")
+    ax.set_xticks([])
+    ax.set_yticks([])

@@ -6,7 +6,8 @@ kind and hands every kind-specific question to the kind's :class:`KindSpec`:
 
 =====================  ============================================================================
 ``layout``             what one target is: ``sample`` (one value or vector per sample), ``dense``
-                       (one per pixel) or ``token`` (one per sequence position). The head follows
+                       (one per pixel), ``token`` (one per sequence position) or ``boxes`` (a
+                       padded list of objects per image, :mod:`.detection`). The head follows
                        from it and from the trunk's features (:func:`polytask.models.heads.make_task_head`).
 ``label_mask``         which entries are labelled (per sample, per pixel, per token).
 ``sample_losses``      the masked loss: per-sample sums over labelled entries, and their count.
@@ -57,7 +58,7 @@ __all__ = [
 ]
 
 #: The target layouts a kind can declare (see :mod:`polytask.models.heads`).
-LAYOUTS = ("sample", "dense", "token")
+LAYOUTS = ("sample", "dense", "token", "boxes")
 
 MetricFactory = Callable[[], torchmetrics.Metric]
 
@@ -95,6 +96,7 @@ class TaskKind(str, metaclass=_KindMeta):
     NORMALS: ClassVar[TaskKind]
     TOKEN_CLASSIFICATION: ClassVar[TaskKind]
     TEXT_CLASSIFICATION: ClassVar[TaskKind]
+    DETECTION: ClassVar[TaskKind]
 
     def __new__(cls, value: object) -> TaskKind:
         if isinstance(value, TaskKind):
@@ -350,6 +352,7 @@ def describe_task_kinds() -> dict[str, str]:
 
 def _register_builtins() -> None:
     from polytask.task_kinds.dense import DepthKind, NormalsKind, SegmentationKind
+    from polytask.task_kinds.detection import DetectionKind
     from polytask.task_kinds.sample import (
         BinaryKind,
         CustomKind,
@@ -370,6 +373,7 @@ def _register_builtins() -> None:
         "normals": NormalsKind(),
         "token_classification": TokenClassificationKind(),
         "text_classification": TextClassificationKind(),
+        "detection": DetectionKind(),
     }
     for name, spec in builtins.items():
         kind = register_task_kind(name, spec)

@@ -2,8 +2,18 @@
 
 ``token_classification`` (layout ``token``) reads a trunk's ``[B, L, D]`` features position by
 position (:class:`~polytask.models.heads.TokenHead`) and scores per-token cross-entropy over the
-labelled tokens; padding and sub-word continuations carry the ``ignore_index`` (-1). Labels must
-align with the tokens: a ``[B, L']`` target for an ``[B, L, C]`` output raises naming both.
+labelled tokens; padding and sub-word continuations carry the ``ignore_index`` (-1), so they count
+in neither the loss nor the metrics. Labels must align with the tokens, one label per token id, and
+a misalignment is refused where it can first be seen, naming the task and the sample:
+
+* in the data (:func:`token_alignment_problem`, called by the collate for every batch and by
+  in-memory validation, when the inputs are token ids ``[B, L]``): labels of another length than
+  the ids, or a label on a padding position (the id ``pad_id``, option of the task, default 0,
+  the built-in tokenizer's and transformer's; ``None`` turns this check off);
+* in the loss (any inputs): an output ``[B, L_out, C]`` whose ``L_out`` is not the labels' length.
+  A trunk that prepends a summary token (the built-in transformer's CLS) gives ``L + 1``
+  positions: the message says so (give the labels a leading ``ignore_index``), since dropping a
+  position silently could score every token against its neighbour's label.
 
 ``text_classification`` is ``multiclass`` on a sequence trunk: the same loss, metrics and numbers,
 with the sequence pooled (CLS or mean) by :class:`~polytask.models.heads.PooledHead`. It is its
@@ -13,7 +23,8 @@ own name so that a config says what it means and ``polytask list tasks`` shows i
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torchmetrics
@@ -26,7 +37,7 @@ from polytask.task_kinds.sample import MulticlassKind
 if TYPE_CHECKING:
     from polytask.tasks import Task
 
-__all__ = ["TextClassificationKind", "TokenClassificationKind"]
+__all__ = ["TextClassificationKind", "TokenClassificationKind", "token_alignment_problem"]
 
 
 class TokenClassificationKind(KindSpec):
@@ -39,6 +50,7 @@ class TokenClassificationKind(KindSpec):
     metric_names = ("accuracy", "f1_macro")
     primary_higher_is_better = True
     index_labels = True
+    option_defaults: ClassVar[Mapping[str, Any]] = {"pad_id": 0}
 
     def check(self, task: Task) -> None:
         super().check(task)
@@ -53,6 +65,11 @@ class TokenClassificationKind(KindSpec):
             )
         if isinstance(task.loss, str):
             raise ValueError(f"task {task.name!r}: kind {self.name} has no named losses")
+        pad = self.option(task, "pad_id")
+        if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int)):
+            raise ValueError(
+                f"task {task.name!r}: option pad_id must be a token id (int) or None, got {pad!r}"
+            )
 
     def output_dim(self, task: Task) -> int:
         assert task.num_classes is not None
@@ -85,12 +102,33 @@ class TokenClassificationKind(KindSpec):
             )
 
     def _check_aligned(self, task: Task, output: Tensor, target: Tensor) -> None:
-        if output.ndim != 3 or output.shape[:2] != target.shape or output.shape[2] != task.output_dim:
+        if output.ndim != 3 or output.shape[0] != target.shape[0] or (
+            output.shape[2] != task.output_dim
+        ):
             raise LabelError(
                 f"task {task.name!r}: token labels of shape {list(target.shape)} do not align with "
                 f"the head's output {list(output.shape)} (expected [B, L, {task.output_dim}] for "
                 "[B, L] labels); pad or truncate the labels with the tokens"
             )
+        positions, length = int(output.shape[1]), int(target.shape[1])
+        if positions == length:
+            return
+        # name the first sample whose labels the output cannot hold (sample 0 if none is beyond)
+        labelled = self.label_mask(task, target)
+        beyond = labelled[:, positions:].any(dim=1) if length > positions else labelled.any(1)
+        sample = int(beyond.nonzero()[0, 0]) if bool(beyond.any()) else 0
+        hint = (
+            " The trunk gives one position more than there are labels: it prepends a summary "
+            "token (the built-in transformer's CLS at position 0); give every sample's labels a "
+            f"leading ignore_index ({task.ignore_index})."
+            if positions == length + 1 else ""
+        )
+        raise LabelError(
+            f"task {task.name!r}: token labels of shape {list(target.shape)} do not align with "
+            f"the head's output {list(output.shape)}: sample {sample} has {length} label "
+            f"positions but the output has {positions} token positions; pad or truncate the "
+            f"labels with the tokens.{hint}"
+        )
 
     def sample_losses(self, task: Task, output: Tensor, target: Tensor) -> tuple[Tensor, int]:
         self._check_aligned(task, output, target)
@@ -129,6 +167,50 @@ class TokenClassificationKind(KindSpec):
             return 0
         metrics.update(output.argmax(dim=-1)[mask], target[mask].long())
         return fed
+
+
+def token_alignment_problem(
+    task: Task, ids: Tensor, labels: Tensor, rows: Sequence[int | str] | None = None
+) -> str | None:
+    """Why token ``labels [B, L']`` do not align with token ``ids [B, L]``, or ``None``.
+
+    Two problems, each named by the task, the sample (``rows``: the items' own indices, default
+    ``0 .. B-1``) and the lengths or the position: labels of another length than the ids, and a
+    label (not ``ignore_index``) on a padding position (an id equal to the task's ``pad_id``).
+    Only integer ids ``[B, L]`` are checked (the caller passes what it has; other inputs are
+    checked at the loss). Returns a message rather than raising so that each caller raises its own
+    error type (the collate's ``BatchError``, the data's ``DataError``).
+    """
+    if task.layout != "token" or ids.ndim != 2 or ids.dtype.is_floating_point or ids.dtype in (
+        torch.bool, torch.complex64, torch.complex128
+    ):
+        return None
+    names = list(rows) if rows is not None else list(range(ids.shape[0]))
+    if labels.ndim != 2 or labels.shape[0] != ids.shape[0]:
+        return None  # not token labels at all: the kind's validate_targets says what is wrong
+    if labels.shape[1] != ids.shape[1]:
+        return (
+            f"task {task.name!r}: token labels do not align with the tokens: sample {names[0]} "
+            f"has {labels.shape[1]} labels for {ids.shape[1]} token ids (every sample of this "
+            "batch alike); give one label per token id, ignore_index "
+            f"({task.ignore_index}) where a token has none"
+        )
+    pad = task.kind_spec.option(task, "pad_id") if "pad_id" in task.kind_spec.option_defaults else None
+    if pad is None:
+        return None
+    on_pad = task.label_mask(labels) & (ids == pad)
+    if not bool(on_pad.any()):
+        return None
+    first = on_pad.nonzero()[0]
+    row, pos = int(first[0]), int(first[1])
+    tokens = int((ids[row] != pad).sum())
+    return (
+        f"task {task.name!r}: token labels do not align with the tokens: sample {names[row]} has "
+        f"label {int(labels[row, pos])} at position {pos}, a padding position (token id "
+        f"{pad}); the sample has {tokens} real tokens and {int(task.label_mask(labels[row]).sum())} "
+        f"labels. Label padding with ignore_index ({task.ignore_index}), or set the task's "
+        "option pad_id (None: no padding id)"
+    )
 
 
 class TextClassificationKind(MulticlassKind):
