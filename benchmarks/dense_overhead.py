@@ -32,8 +32,8 @@ training split at ``--batch-size``.
 Memory: one extra step of every configuration under ``torch.profiler`` (the step before it
 profiled too, so that the frees of the previous step's gradients are seen): the peak, during the
 step, of the bytes held by torch tensors above those held when it began. This is the overhead
-benchmark's CPU meter (``CpuMeter`` of ``benchmarks/overhead.py``, loaded through
-:func:`polytask.bench.overhead.load_benchmark`), so both benchmarks measure memory alike.
+benchmark's CPU meter (``CpuMeter`` of ``benchmarks/polytask_bench/overhead.py``), so both
+benchmarks measure memory alike.
 """
 
 from __future__ import annotations
@@ -53,10 +53,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from polytask_bench.overhead import CpuMeter  # run as a file, this folder is on sys.path
 
 from polytask.balancing import create_balancer
 from polytask.balancing.engine import GradientEngine
-from polytask.bench.overhead import load_benchmark
 from polytask.data.base import Batch, Splits
 from polytask.data.mnist_scenes import load_mnist_scenes
 from polytask.models import create_model, create_trunk
@@ -136,7 +136,7 @@ def measure(
     )
     configs = [Config(REFERENCE, "jacobian")] + [Config(args.method, m) for m in args.modes]
     runners = {c.label: Runner(c, splits, args) for c in configs}
-    meter = load_benchmark("overhead").CpuMeter()
+    meter = CpuMeter()
     for c in configs:  # warm-up: one-time allocations, lazy imports, the solver's first calls
         for _ in range(args.warmup):
             runners[c.label].step()

@@ -15,8 +15,8 @@ mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 common=(--device cuda --tasks 2,12,40 --warmup 3 --repeats 10 --losses both)
 for trunk in mlp resnet18 transformer; do
-  polytask bench overhead "${common[@]}" --trunk "$trunk" --batch-size 128 \
+  python benchmarks/overhead.py "${common[@]}" --trunk "$trunk" --batch-size 128 \
     --json "$out/$trunk.json" --out "$out/$trunk.md"
 done
-polytask bench overhead --combine "$out/mlp.json" "$out/resnet18.json" "$out/transformer.json" \
+python benchmarks/overhead.py --combine "$out/mlp.json" "$out/resnet18.json" "$out/transformer.json" \
   --out docs/benchmarks/overhead-gpu.md

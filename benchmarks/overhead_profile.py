@@ -20,46 +20,29 @@ and the number of operator calls per step: the quantity that dominates small mod
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
 import time
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
 
-
-def _bench() -> ModuleType:
-    """``benchmarks/overhead.py``, imported as the CLI imports it (a registered module)."""
-    name = "polytask_benchmarks.overhead"
-    if name in sys.modules:
-        return sys.modules[name]
-    path = Path(__file__).with_name("overhead.py")
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+# run as a file, this folder is on sys.path: the overhead benchmark is an ordinary import
+from polytask_bench import overhead as bench
 
 
-def _runner(bench: ModuleType, config: str, work: Any, warmup: int) -> Any:
+def _runner(config: str, work: Any, warmup: int) -> Any:
     library, method, mode = config.split(":")
     if library == "libmtl":
-        return bench._libmtl_runner(method, mode, work)
+        return bench.libmtl_runner(method, mode, work)
     losses = None
     if "+" in mode:  # e.g. jacobian+per-task: a forced loss function (--losses of the benchmark)
         mode, losses = mode.split("+", 1)
     return bench.PolytaskRunner(method, mode, work, warmup, losses)
 
 
-def profile_config(
-    bench: ModuleType, config: str, work: Any, warmup: int, steps: int, sort: str, rows: int
-) -> str:
+def profile_config(config: str, work: Any, warmup: int, steps: int, sort: str, rows: int) -> str:
     from torch.profiler import ProfilerActivity, profile
 
-    runner = _runner(bench, config, work, warmup)
+    runner = _runner(config, work, warmup)
     for i in range(warmup):
         runner.step(i)
     activities = [ProfilerActivity.CPU]
@@ -83,7 +66,6 @@ def profile_config(
 
 
 def main(argv: list[str] | None = None) -> int:
-    bench = _bench()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--trunk", default="mlp", choices=bench.TRUNKS)
     p.add_argument("--tasks", type=int, default=12)
@@ -105,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         args.trunk, args.tasks, batch, width, 0, args.device, args.image_size, args.seq_len
     )
     for config in args.config:
-        print(profile_config(bench, config, work, args.warmup, args.steps, args.sort, args.rows))
+        print(profile_config(config, work, args.warmup, args.steps, args.sort, args.rows))
     return 0
 
 

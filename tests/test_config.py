@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -36,9 +37,23 @@ def test_data_needs_exactly_one_source(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("example", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
 def test_examples_are_valid_and_open_with_their_command(example: Path) -> None:
+    """Each example opens with the command that runs it and parses with that command's loader."""
     first = example.read_text().splitlines()[0]
-    assert first.startswith("# polytask train examples/"), first
-    load_config(example)
+    match = re.match(r"# polytask (\w+) .*examples/" + re.escape(example.name), first)
+    assert match, f"{example.name} does not open with its command: {first}"
+    command = match.group(1)
+    if command in ("train", "extend"):  # extend's task file is an experiment config
+        load_config(example)
+    elif command == "federated":
+        from polytask.federated import load_federated_config
+
+        load_federated_config(example)
+    elif command == "meta":
+        from polytask.lifecycle.meta import load_meta_config
+
+        load_meta_config(example)
+    else:
+        raise AssertionError(f"{example.name}: no loader known for 'polytask {command}'")
 
 
 def test_every_config_field_is_described_in_help() -> None:

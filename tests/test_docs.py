@@ -29,7 +29,10 @@ def test_relative_links_resolve(page: Path) -> None:
 
 
 # Pages whose Python blocks are run, in order, in one namespace (as a reader would paste them).
-EXECUTED_PAGES = [ROOT / "docs" / "bring-your-own-data.md"]
+EXECUTED_PAGES = [
+    ROOT / "docs" / "bring-your-own-data.md",
+    ROOT / "docs" / "sklearn-lightning.md",
+]
 PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 

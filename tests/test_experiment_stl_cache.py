@@ -46,7 +46,7 @@ def test_a_baseline_published_meanwhile_is_used(
 
     monkeypatch.setattr(experiment, "fit", fit_while_another_process_publishes)
     said: list[str] = []
-    record = experiment._train_stl(config, splits, task, 0, tmp_path / "out", said.append)
+    record = experiment.train_single_task_baseline(config, splits, task, 0, tmp_path / "out", said.append)
     assert any("published meanwhile" in line for line in said), said
     assert json.loads((record.run_dir / "results.json").read_text())["published_by"] == "other"
     cache = tmp_path / "cache" / "stl"

@@ -610,7 +610,7 @@ class MultiTaskLearner:
                     "writes JSON only; save model_.state_dict() yourself and rebuild the task"
                 )
         from polytask import __version__
-        from polytask.training.loop import _jsonable
+        from polytask.training.loop import json_safe
 
         params = self.get_params()
         params.update(tasks=None, out_dir=None)
@@ -629,7 +629,7 @@ class MultiTaskLearner:
             "baselines": self.baselines_,
         }
         try:
-            text = json.dumps(_jsonable(spec), indent=2)
+            text = json.dumps(json_safe(spec), indent=2)
         except TypeError as err:
             raise ValueError(
                 f"cannot save: an option is not JSON ({err}); trunk_options, model_options and "
@@ -889,8 +889,8 @@ def _check_shapes(inputs: Inputs, spec: Mapping[str, Any], kind: str | None) -> 
 def _fingerprint(splits: Splits) -> str:
     """A hash of in-memory splits, so cached single-task baselines are reused only on the same data.
 
-    The baselines' cache key (:func:`polytask.experiment._train_stl`) covers the data config; for
-    data from Python that is this fingerprint. A Dataset's content cannot be hashed without
+    The baselines' cache key (:func:`polytask.experiment.train_single_task_baseline`) covers
+    the data config; for data from Python that is this fingerprint. A Dataset's content cannot be hashed without
     reading it all, so it gets a fresh random one: its baselines are never reused.
     """
     h = hashlib.sha256()

@@ -98,7 +98,7 @@ def demo(
 
 
 def _dense_demo_config(epochs: int, seed: int) -> dict[str, Any]:
-    """The ``demo --dense`` experiment: sized to finish within 5 minutes on 2 CPU cores.
+    """The ``demo --dense`` experiment: sized to finish in a few minutes on 2 CPU cores.
 
     Why these sizes: a width-8 ResNet-10 at 48x48 costs about 1.5 ms of CPU per image and step,
     so 4 trainings (2 balancers + 2 single-task baselines) of ``epochs`` passes over 1,200 scenes
@@ -638,26 +638,22 @@ def analyze(
     typer.echo("\n\n".join(format_analysis(a) for a in analyses))
 
 
-bench_app = typer.Typer(help="Benchmarks (long runs; never part of the test suite).", no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Benchmark suites, from a checkout: the benchmarks live in the repository's benchmarks/ "
+    "(step overhead: python benchmarks/overhead.py).",
+    no_args_is_help=True,
+)
 app.add_typer(bench_app, name="bench")
 
 
-@bench_app.command(
-    "overhead",
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-)
-def bench_overhead(ctx: typer.Context) -> None:
-    """Median step time and peak memory of every balancer relative to equal weighting.
+def _bench_suite() -> Any:
+    """The checkout's ``benchmarks/polytask_bench/suite.py``; outside a checkout, exit 2."""
+    from polytask.bench import BenchmarksNotFoundError, import_benchmarks
 
-    Options are passed through: --tasks 2,12,40 --methods ... --modes ... --repeats N
-    --out docs/benchmarks/overhead.md --no-libmtl (see `polytask bench overhead --help-bench`).
-    """
-    from polytask.bench.overhead import main_overhead
-
-    args = list(ctx.args)
-    if "--help-bench" in args:
-        args = ["--help"]
-    raise typer.Exit(code=main_overhead(args))
+    try:
+        return import_benchmarks("suite")
+    except BenchmarksNotFoundError as err:
+        _fail(err)
 
 
 @bench_app.command("run")
@@ -677,29 +673,14 @@ def bench_run(
     Each finished cell is written to OUT/cells/<cell>.json and skipped when the command is run
     again; single-task baselines and a tuned equal-weights baseline are added automatically.
     """
-    from polytask.bench.suite import SuiteError, command_line, load_suite, parse_only, run_suite
-
+    suite = _bench_suite()
     try:
-        suite = load_suite(suite_path)
-        selection = parse_only(only or [])
-    except SuiteError as err:
+        summary = suite.run_command(
+            suite_path, out, only or [], program="polytask bench", log=_echo
+        )
+    except suite.SuiteError as err:
         _fail(err)
-    results = out or Path("bench-results") / suite.name
-    started = time.perf_counter()
-    # The command recorded in every cell is rebuilt from the parsed arguments (with the
-    # resolved --out), not read from sys.argv, so it reruns the same cells from any launcher.
-    args = [str(suite_path), "--out", str(results)]
-    args += [part for item in only or [] for part in ("--only", item)]
-    summary = run_suite(
-        suite, results, only=selection, log=_echo, command=command_line(["bench", "run", *args]),
-        suite_file=suite_path,
-    )
-    typer.echo(
-        f"{len(summary.ran)} cells run, {len(summary.skipped)} already finished, "
-        f"{len(summary.failed)} failed in {time.perf_counter() - started:.1f} s; results: {results}"
-    )
     if summary.failed:
-        typer.echo("failed: " + ", ".join(summary.failed), err=True)
         raise typer.Exit(code=1)
 
 
@@ -722,22 +703,9 @@ def bench_report(
     ] = None,
 ) -> None:
     """Markdown tables (mean ± std over seeds, best marked) and PNG plots of benchmark runs."""
-    from polytask.bench.suite import command_line
-    from polytask.bench.suite_report import write_results
-
-    if out is None:
-        single = len(results_dirs) == 1
-        out = Path("docs") / "results" / f"{results_dirs[0].resolve().name}.md" if single else (
-            Path("docs") / "results.md"
-        )
-    args = ["bench", "report", *map(str, results_dirs), "--out", str(out)]
-    if preface is not None:
-        args += ["--preface", str(preface)]
+    suite = _bench_suite()
     try:
-        text = preface.read_text(encoding="utf-8") if preface is not None else None
-        path = write_results(
-            results_dirs, out, report_command=command_line(args), preface=text
-        )
+        path = suite.report_command(results_dirs, out, preface, program="polytask bench")
     except (FileNotFoundError, ValueError, KeyError) as err:
         _fail(err)
     typer.echo(str(path))

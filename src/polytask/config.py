@@ -35,6 +35,7 @@ __all__ = [
     "DataConfig",
     "ExperimentConfig",
     "ModelConfig",
+    "RelationsConfig",
     "SamplingConfig",
     "SourceConfig",
     "load_config",
@@ -275,6 +276,54 @@ class SamplingConfig(_Strict):
 assert set(get_args(SamplingStrategy)) >= set(_STRATEGY_OPTIONS)
 
 
+RelationSpace = Literal["auto", "parameters", "representation"]
+
+
+class RelationsConfig(_Strict):
+    """Task relationship measures recorded during training (``polytask.analysis.relations``).
+
+    Off unless ``training.relations`` is given (``relations: true`` means these defaults). The
+    recorder works on the current batch with its own autograd calls and restores the random state
+    and buffers it touches, so a run trains to the same parameters with or without it. Costs and
+    meanings: ``docs/relationships.md``.
+    """
+
+    every: int = Field(
+        10, ge=1, description="record the gradient measures (cosine, conflicts) every this many steps"
+    )
+    lookahead: bool = Field(
+        True,
+        description="also record the TAG lookahead affinity (exact: one extra forward per task) "
+        "and its first-order approximation (needs the per-task gradients of the shared parameters)",
+    )
+    lookahead_every: int | None = Field(
+        None, ge=1,
+        description="record the lookahead affinities every this many steps (default: "
+        "max(every, 20 x the number of tasks): a record costs about one training step per task)",
+    )
+    gradients: RelationSpace = Field(
+        "auto",
+        description="where gradient cosines and conflicts are measured: the shared parameters, or "
+        "the shared representation (cheaper); auto: the representation when the model has one",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_bool(cls, raw: Any) -> Any:
+        return {} if raw is True else raw
+
+    def lookahead_period(self, num_tasks: int) -> int:
+        """Steps between lookahead records.
+
+        Why the default scales with the tasks: a lookahead record computes each task's gradient of
+        the shared parameters and runs one forward per task, about one training step of compute
+        per task; every ``20·T`` steps keeps it near 5% of training whatever ``T``.
+        """
+        if self.lookahead_every is not None:
+            return self.lookahead_every
+        return max(self.every, 20 * num_tasks)
+
+
 class TrainingConfig(_Strict):
     """How every run of the experiment trains (multi-task runs and single-task baselines alike)."""
 
@@ -336,6 +385,18 @@ class TrainingConfig(_Strict):
     sampling: SamplingConfig | None = Field(
         None, description="several data sets only: which source feeds each step"
     )
+    relations: RelationsConfig | None = Field(
+        None,
+        # left out of dumps when off: config hashes (cached baselines, suite cells) stay the same
+        exclude_if=lambda value: value is None,
+        description="record task relationship measures during training (off by default; "
+        "relations: true for the defaults): see docs/relationships.md and polytask analyze",
+    )
+
+    @field_validator("relations", mode="before")
+    @classmethod
+    def _relations_off(cls, raw: Any) -> Any:
+        return None if raw is False else raw
 
     def settings(self, seed: int, **extra: Any) -> TrainSettings:
         """These settings for one run of ``seed`` (``extra``: labels written to results.json)."""

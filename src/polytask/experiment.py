@@ -57,6 +57,7 @@ __all__ = [
     "run_experiment",
     "single_task_sources",
     "single_task_splits",
+    "train_single_task_baseline",
     "train_source",
 ]
 
@@ -414,7 +415,7 @@ def _custom_parts(task: Task) -> dict[str, Any]:
     return {"loss": name(task.loss), "head": name(task.head), "metrics": metrics}
 
 
-def _train_stl(
+def train_single_task_baseline(
     config: ExperimentConfig,
     splits: Splits,
     task: Task,
@@ -423,12 +424,21 @@ def _train_stl(
     log: Callable[[str], None],
     sources: MultiSourceData | None = None,
 ) -> RunRecord:
+    """Train ``task``'s single-task baseline of ``seed`` (or take it from the cache) and copy its
+    run to ``out_dir/stl-<task>-seed<seed>``.
+
+    Cached in ``$POLYTASK_CACHE/stl/<key>``, the key a hash of everything that changes the
+    baseline (data config and a fingerprint of the data, baseline model, training settings,
+    the task, the seed; the sampling of several-datasets runs), so that every experiment and
+    benchmark suite comparing against the same baseline trains it once. ``log`` is told whether
+    it was trained, found in the cache, or published meanwhile by another process.
+    """
     data = config.data.model_dump(mode="json", exclude={"sources"} if config.data.sources is None else None)
     payload = {
         "data": data,
         "model": config.baseline_model.model_dump(mode="json", exclude={"label"}),
         "training": config.training.model_dump(
-            mode="json", exclude={"progress", "tensorboard", "sampling"}
+            mode="json", exclude={"progress", "tensorboard", "sampling", "relations"}
         ),
         "task": task.to_config(),
         "task_callables": _custom_parts(task),
@@ -554,7 +564,8 @@ def run_experiment(
         stl_val = stl_test = None
         if config.baselines.stl:
             stl_runs = [
-                _train_stl(config, splits, copy.copy(t), seed, out, log, sources) for t in tasks
+                train_single_task_baseline(config, splits, copy.copy(t), seed, out, log, sources)
+                for t in tasks
             ]
             result.runs.extend(stl_runs)
             stl_val = {t.name: r.val[t.name] for t, r in zip(tasks, stl_runs, strict=True)}
@@ -738,7 +749,7 @@ def _clear_for_start(run_dir: Path, resume: bool, overwrite: bool, log: Callable
 
 
 def _write_summary(config: ExperimentConfig, result: ExperimentResult, report: bool = True) -> None:
-    from polytask.training.loop import _jsonable
+    from polytask.training.loop import json_safe
 
     summary = {
         "title": config.name,
@@ -766,7 +777,7 @@ def _write_summary(config: ExperimentConfig, result: ExperimentResult, report: b
             "the single-task baseline of the same seed (lower is better).",
         ],
     }
-    (result.out_dir / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2))
+    (result.out_dir / "summary.json").write_text(json.dumps(json_safe(summary), indent=2))
     if not report:
         return
     from polytask.report import write_report

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from polytask_bench.suite import expected_cells, load_suite
 
-from polytask.bench.suite import expected_cells, load_suite
 from polytask.experiment import build_model, load_sources
 from polytask.validation import validate_components
 

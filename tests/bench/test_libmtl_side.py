@@ -1,4 +1,4 @@
-"""The LibMTL side-by-side training (:func:`polytask.bench._libmtl.fit_libmtl`) on real digits.
+"""The LibMTL side-by-side training (:func:`polytask_bench.libmtl_side.fit_libmtl`) on real digits.
 
 Why these checks: a side-by-side table is only worth printing if both columns trained the same
 network on the same batches with the same rule; then methods both libraries implement the same
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from polytask_bench.libmtl_side import fit_libmtl, libmtl_version
 
 from polytask.balancing import create_balancer
-from polytask.bench._libmtl import fit_libmtl, libmtl_version
 from polytask.data.multimnist import load_multimnist
 from polytask.models import create_model, create_trunk
 from polytask.training import fit

@@ -1,8 +1,10 @@
-"""`polytask bench overhead` on tiny configurations: the report's structure, not its numbers.
+"""The overhead benchmark on tiny configurations: the report's structure, not its numbers.
 
-The benchmark lives in the checkout's ``benchmarks/overhead.py``; the CLI command finds it through
-:mod:`polytask.bench.overhead`. The CUDA path is tested here on the CPU for everything but the
-device (its meter with stand-in CUDA functions); a real CUDA run is skipped without a GPU.
+The benchmark is ``benchmarks/polytask_bench/overhead.py`` (run as ``python
+benchmarks/overhead.py``); its ``main`` is called here with the script's arguments. The CUDA path
+is tested on the CPU for everything but the device (its meter with stand-in CUDA functions); a
+real CUDA run is skipped without a GPU. How ``polytask bench`` finds the benchmarks, and what it
+says outside a checkout, is tested at the end.
 """
 
 from __future__ import annotations
@@ -16,10 +18,14 @@ from types import ModuleType
 
 import pytest
 import torch
+from polytask_bench import overhead
+from polytask_bench.libmtl_side import libmtl_version
+from polytask_bench.overhead import main as main_overhead
+from typer.testing import CliRunner
 
-from polytask.bench import overhead as locator
-from polytask.bench._libmtl import libmtl_version
-from polytask.bench.overhead import BenchmarkNotFoundError, load_benchmark, main_overhead
+import polytask.bench as locator
+from polytask.bench import BenchmarksNotFoundError, import_benchmarks
+from polytask.cli import app
 
 RATIO = re.compile(r"^(?:[A-Za-z]+: )?(\d+\.\d+) \((\d+\.\d+)\)(?: †)?$")
 TINY = ["--tasks", "2", "--repeats", "1", "--warmup", "1", "--batch-size", "8", "--width", "16"]
@@ -30,7 +36,7 @@ NO_LIBMTL = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    return load_benchmark("overhead")
+    return overhead
 
 
 def _rows(text: str, section: str) -> dict[str, list[str]]:
@@ -55,7 +61,7 @@ def test_tiny_run_writes_a_table_with_finite_ratios(tmp_path: Path) -> None:
     argv = [*TINY, "--methods", "equal,mgda", "--modes", "jacobian,representation"]
     assert main_overhead([*argv, "--no-libmtl", "--out", str(out)]) == 0
     text = out.read_text()
-    assert "polytask bench overhead" in text and "### Targets (mlp)" in text
+    assert "python benchmarks/overhead.py" in text and "### Targets (mlp)" in text
     rows = _rows(text, "T = 2")
     assert set(rows) == {"equal", "mgda"}
     # columns: method, family, jacobian, representation (no LibMTL columns)
@@ -236,16 +242,19 @@ def test_tiny_cuda_run(tmp_path: Path) -> None:
         assert math.isfinite(_ratios(cell)[0])
 
 
-def test_outside_a_checkout_the_command_says_where_it_looked(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_outside_a_checkout_bench_says_where_it_looked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Without the repository, ``polytask bench`` exits 2 naming where it looked and what to run."""
     monkeypatch.setattr(locator, "benchmark_dirs", lambda: [tmp_path / "benchmarks"])
-    monkeypatch.delitem(sys.modules, "polytask_benchmarks.overhead", raising=False)
-    with pytest.raises(BenchmarkNotFoundError, match="part of the polytask repository"):
-        load_benchmark("overhead")
-    assert main_overhead(["--help"]) == 2
-    err = capsys.readouterr().err
-    assert str(tmp_path / "benchmarks") in err and "POLYTASK_BENCHMARKS" in err
+    monkeypatch.delitem(sys.modules, "polytask_bench", raising=False)  # as in a fresh process
+    with pytest.raises(BenchmarksNotFoundError, match="part of the polytask source repository"):
+        import_benchmarks("suite")
+    result = CliRunner().invoke(app, ["bench", "run", "benchmarks/quick.yaml"])
+    assert result.exit_code == 2
+    assert str(tmp_path / "benchmarks") in result.output
+    assert "python benchmarks/suite.py run SUITE" in result.output
+    assert "POLYTASK_BENCHMARKS" in result.output
 
 
 def test_benchmark_dirs_honour_the_environment(
@@ -255,3 +264,9 @@ def test_benchmark_dirs_honour_the_environment(
     dirs = locator.benchmark_dirs()
     assert dirs[0] == tmp_path
     assert Path(__file__).resolve().parents[2] / "benchmarks" in dirs  # this checkout's
+
+
+def test_bench_overhead_is_no_longer_a_cli_command() -> None:
+    """Its options have one home, the benchmark's own parser (python benchmarks/overhead.py)."""
+    result = CliRunner().invoke(app, ["bench", "overhead", "--tasks", "2"])
+    assert result.exit_code == 2 and "No such command 'overhead'" in result.output

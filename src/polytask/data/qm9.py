@@ -37,7 +37,7 @@ G      GibbsFreeEnergy_298K_au        hartree        free energy at 298.15 K
 Cv     Heatcapacity_Cv_cal_mol_K      cal/(mol K)    heat capacity at 298.15 K
 ====== ============================== =============  ===========================================
 
-The default is the 11 targets above Cv (the set named in the issue); the literature's 12th, Cv,
+The default is the 11 targets above Cv; the literature's 12th, Cv,
 is present in the package and kept by ``targets=[..., "Cv"]`` or ``targets="all"``. Names are
 matched case-insensitively, and the package's column names are accepted too. Energies are in
 hartree (1 Ha = 27.2114 eV), so an MAE of 0.004 on ``gap`` is ~0.11 eV. Targets are float32: the

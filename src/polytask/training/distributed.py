@@ -110,13 +110,13 @@ def _backend_for(device: str) -> str:
 
 def _train_baselines(config: Any, out: Path, log: Callable[[str], None]) -> None:
     """Rank 0: train (or find in the cache) every single-task baseline run_experiment will ask."""
-    from polytask.experiment import _train_stl, load_sources
+    from polytask.experiment import load_sources, train_single_task_baseline
 
     for seed in config.seeds:
         splits, sources = load_sources(config, seed)
         splits.validate()
         for task in splits.tasks:
-            _train_stl(config, splits, copy.copy(task), seed, out, log, sources)
+            train_single_task_baseline(config, splits, copy.copy(task), seed, out, log, sources)
 
 
 def _private_cache(scratch: Path) -> Path:

@@ -14,7 +14,7 @@ import math
 import random
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -43,7 +43,19 @@ from polytask.training.precision import Precision
 from polytask.training.settings import TrainSettings
 from polytask.training.step import train_step
 
-__all__ = ["FitResult", "NonFiniteLossError", "TrainingError", "fit", "resolve_device"]
+__all__ = [
+    "FitResult",
+    "NonFiniteLossError",
+    "TrainingError",
+    "build_optimizer",
+    "check_finite_losses",
+    "fit",
+    "json_safe",
+    "resolve_device",
+    "resolve_selection_rule",
+    "selection_score",
+    "training_optimizer",
+]
 
 Metrics = dict[str, dict[str, float]]
 
@@ -93,9 +105,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _optimizer(
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator that orders epoch ``epoch``'s training batches of a run seeded ``seed``.
+
+    One formula for every trainer that must draw fit's batches (the Lightning adapter's data
+    module reads it too), so that their batch order cannot drift apart.
+    """
+    return torch.Generator().manual_seed(seed * 7919 + epoch)
+
+
+def training_optimizer(
     model: MultiTaskModel, balancer: Balancer, s: TrainSettings
 ) -> torch.optim.Optimizer:
+    """The optimizer :func:`fit` trains with: the model's trainable parameters, and the balancer's
+    learnable task weights (if any) in a group of their own without weight decay.
+
+    Public so that every trainer that must update as ``fit`` does (the Lightning adapter, the
+    overhead benchmark's timed step) builds the same parameter groups instead of a copy of them.
+    """
     groups: list[dict[str, Any]] = [{"params": [p for p in model.parameters() if p.requires_grad]}]
     balancer_params = [p for p in balancer.parameters() if p.requires_grad]
     if balancer_params:  # learnable task weights: no weight decay pulling them to zero
@@ -124,10 +151,15 @@ def _scheduler(optimizer: torch.optim.Optimizer, s: TrainSettings) -> Any:
     return None
 
 
-def _selection_score(
+def selection_score(
     rule: str, val: Metrics, tasks: list[Task], stl_val: Mapping[str, Mapping[str, float]] | None
 ) -> float:
-    """Higher is better, whatever the rule."""
+    """The validation score that selects a checkpoint under ``rule``; higher is better, whatever
+    the rule (``rule`` as returned by :func:`resolve_selection_rule`).
+
+    Public so that a trainer compared with ``fit`` (e.g. LibMTL driven on the same batches)
+    selects its epoch by the very same rule.
+    """
     if rule == "delta_m":
         assert stl_val is not None
         return -delta_m(val, stl_val, tasks)
@@ -144,7 +176,9 @@ def _selection_score(
     return value if higher else -value
 
 
-def _resolve_rule(rule: str, stl_val: Mapping[str, Any] | None) -> str:
+def resolve_selection_rule(rule: str, stl_val: Mapping[str, Any] | None) -> str:
+    """``training.selection`` made concrete: ``auto`` is ``delta_m`` when single-task baselines'
+    validation metrics are given, else ``mean_primary``; ``delta_m`` without them is an error."""
     if rule == "auto":
         return "delta_m" if stl_val is not None else "mean_primary"
     if rule == "delta_m" and stl_val is None:
@@ -169,10 +203,13 @@ def fit(
     resume: bool = False,
     communicator: Communicator | None = None,
     stop_after_epoch: int | None = None,
+    epoch_end: Callable[[int, float], None] | None = None,
 ) -> FitResult:
     """Train ``model`` on ``splits.train``, select on ``splits.val``, report on ``splits.test``.
 
     ``stop_after_epoch`` ends the run early as if interrupted (used to test exact resume).
+    ``epoch_end(epoch, validation selection score)`` is called after each epoch is logged; an
+    exception it raises ends the run (a hyper-parameter search's pruner stops a poor trial so).
     """
     if not isinstance(splits, Splits):
         raise TypeError(
@@ -183,13 +220,13 @@ def fit(
     run_dir = Path(run_dir)
     tasks, s = splits.tasks, settings
     comm = communicator or Communicator()
-    rule = _resolve_rule(s.selection, stl_val)
+    rule = resolve_selection_rule(s.selection, stl_val)
     device = resolve_device(s.device)
     precision = Precision.of(s.amp, device)  # fp16 off CUDA is refused before any work
     seed_everything(s.seed)
     model.to(device)
     balancer.to(device)
-    optimizer = _optimizer(model, balancer, s)
+    optimizer = training_optimizer(model, balancer, s)
     scheduler = _scheduler(optimizer, s)
     engine = GradientEngine(
         model, tasks, balancer, mode=s.engine, chunk_size=s.chunk_size, communicator=comm,
@@ -212,10 +249,17 @@ def fit(
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         tasks_json = [t.to_config() for t in tasks]
-        (run_dir / "tasks.json").write_text(json.dumps(_jsonable(tasks_json), indent=2))
+        (run_dir / "tasks.json").write_text(json.dumps(json_safe(tasks_json), indent=2))
     logger = RunLogger(
         run_dir, model.task_names, keep_through_epoch=start_epoch - 1,
         tensorboard=s.tensorboard and is_main,
+    )
+    from polytask.analysis.relations import record_relations  # it imports the training package
+
+    # training.relations: task relationship measures on the batches (a no-op when off)
+    relations = record_relations(
+        engine, optimizer, s.relations, run_dir, device=device, start_epoch=start_epoch,
+        is_main=is_main,
     )
     train_data: TaskData = splits.train
     started = time.perf_counter()
@@ -227,7 +271,7 @@ def fit(
     for epoch in bar:
         model.train()
         epoch_start = time.perf_counter()
-        generator = torch.Generator().manual_seed(s.seed * 7919 + epoch)
+        generator = epoch_generator(s.seed, epoch)
         if train_source is not None:
             batches = train_source.batches(s.batch_size, generator, epoch, comm.rank, comm.world_size)
         else:
@@ -239,6 +283,7 @@ def fit(
         loss_sum = torch.zeros(len(tasks), dtype=torch.float64, device=device)
         loss_n = torch.zeros(len(tasks), dtype=torch.float64, device=device)
         for batch in batches:
+            relations.observe(batch, step, epoch)  # before the update: same batch, same weights
             check = partial(_check_output, names=model.task_names, step=step, epoch=epoch, last=last_path)
             out = train_step(
                 engine, optimizer, batch, step, epoch, device=device, precision=precision,
@@ -256,7 +301,7 @@ def fit(
         val, val_warnings = evaluate(model, tasks, splits.val, s.eval_batch_size, device)
         for key, n in {**val_warnings, **_drain(balancer)}.items():
             logger.count(key, n)
-        score = _selection_score(rule, val, tasks, stl_val)
+        score = selection_score(rule, val, tasks, stl_val)
         if scheduler is not None:
             scheduler.step(score) if s.scheduler == "plateau" else scheduler.step()
         train_loss = (loss_sum / loss_n.clamp(min=1)).tolist()
@@ -278,6 +323,7 @@ def fit(
                 )
         else:
             best["bad_epochs"] += 1
+        relations.end_epoch(epoch)
         if is_main:
             logger.epoch(epoch, rows)
             if (epoch + 1) % s.checkpoint_every == 0 or epoch == s.epochs - 1:
@@ -286,6 +332,8 @@ def fit(
                     _state(model, optimizer, scheduler, balancer, epoch, step, best, precision),
                 )
         bar.set_postfix(loss=f"{sum(train_loss):.3f}", score=f"{score:.4f}")
+        if epoch_end is not None:
+            epoch_end(epoch, score)
         if s.patience is not None and best["bad_epochs"] >= s.patience:
             break
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
@@ -356,7 +404,7 @@ def _finish(
         "warnings": result.warnings,
     }
     if is_main:
-        (run_dir / "results.json").write_text(json.dumps(_jsonable(results), indent=2))
+        (run_dir / "results.json").write_text(json.dumps(json_safe(results), indent=2))
     logger.close()
     return result
 
@@ -402,9 +450,12 @@ def _count_skipped_update(logger: RunLogger, step: int) -> None:
     logger.count(key)
 
 
-def _check_finite(
+def check_finite_losses(
     losses: torch.Tensor, present: torch.Tensor, names: list[str], step: int, epoch: int, last: Path
 ) -> None:
+    """Raise :class:`NonFiniteLossError` naming the task, step, epoch and last checkpoint when a
+    present task's loss is NaN or inf: the loop's check before an update is applied (public so
+    that a step timed outside ``fit`` does the same work)."""
     bad = present & ~torch.isfinite(losses)
     if bool(bad.any()):
         i = int(bad.nonzero()[0, 0])
@@ -417,7 +468,7 @@ def _check_finite(
 
 def _check_output(out: StepOutput, *, names: list[str], step: int, epoch: int, last: Path) -> None:
     """train_step's check: a non-finite loss stops the run before its update is applied."""
-    _check_finite(out.losses, out.present, names, step, epoch, last)
+    check_finite_losses(out.losses, out.present, names, step, epoch, last)
 
 
 def _drain(balancer: Balancer) -> dict[str, int]:
@@ -441,11 +492,13 @@ def _safe_delta_m(
         return math.nan
 
 
-def _jsonable(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
+    """``obj`` with non-finite floats replaced by ``None`` (mapping keys made strings), so that
+    ``json.dumps`` writes standard JSON: results files are read by other tools than Python's."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj

@@ -7,7 +7,8 @@ model/training overrides, e.g. a CNN trunk for images), ``architectures``, ``bal
 comparison without them is not worth publishing:
 
 - ``stl``: the single-task baselines (one model per task, same trunk/architecture/training). They
-  define Δm% and are cached across suites by :func:`polytask.experiment._train_stl`.
+  define Δm% and are cached across suites by
+  :func:`polytask.experiment.train_single_task_baseline`.
 - ``equal_tuned``: equal weighting with its learning rate and weight decay chosen from a small
   grid on the *validation* split (the ``equal_grid`` cells). Published comparisons often pit a
   tuned new method against an untuned baseline; this makes the baseline at least as tuned.
@@ -61,19 +62,23 @@ from polytask.config import (
     ExperimentConfig,
     ModelConfig,
     SummaryMetric,
+    TrainingConfig,
     format_validation_error,
     read_yaml,
 )
-from polytask.config import TrainingConfig as _TrainingConfig
 
 __all__ = [
     "CELLS_DIR",
     "SuiteConfig",
     "SuiteError",
     "SuiteRunSummary",
+    "command_line",
+    "expected_cells",
     "load_suite",
     "parse_only",
     "parse_suite",
+    "report_command",
+    "run_command",
     "run_suite",
 ]
 
@@ -97,7 +102,7 @@ class SuiteBase(_Strict):
     """Model and training settings shared by every cell (overridable per data set)."""
 
     model: ModelConfig = Field(default_factory=ModelConfig)
-    training: _TrainingConfig = Field(default_factory=_TrainingConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
 
 
 class DatasetEntry(_Strict):
@@ -106,7 +111,7 @@ class DatasetEntry(_Strict):
     label: str | None = None
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
-    training: _TrainingConfig = Field(default_factory=_TrainingConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
     pareto: tuple[str, str] | None = None
     summary_metrics: list[SummaryMetric] = Field(default_factory=list)
 
@@ -195,7 +200,7 @@ class LibMTLSide(_Strict):
     @field_validator("methods")
     @classmethod
     def _known(cls, methods: list[str]) -> list[str]:
-        from polytask.bench._libmtl import LIBMTL_METHODS
+        from polytask_bench.libmtl_side import LIBMTL_METHODS
 
         unknown = [m for m in methods if m not in LIBMTL_METHODS]
         if unknown:
@@ -456,11 +461,11 @@ def _hash(payload: Any) -> str:
 
 def _atomic_write_json(path: Path, payload: Any) -> None:
     """Write to a temporary file in the same directory, then rename: readers never see half."""
-    from polytask.training.loop import _jsonable
+    from polytask.training.loop import json_safe
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(_jsonable(payload), indent=2, allow_nan=True))
+    tmp.write_text(json.dumps(json_safe(payload), indent=2, allow_nan=True))
     os.replace(tmp, path)
 
 
@@ -667,7 +672,7 @@ class _Pair:
             return None
         if seed in self._stl:
             return self._stl[seed]
-        from polytask.experiment import _train_stl
+        from polytask.experiment import train_single_task_baseline
 
         config = self.cell_config(BalancerConfig(name="equal"), seed)
 
@@ -681,7 +686,7 @@ class _Pair:
             from_cache: list[bool] = []
             for task in tasks:
                 said: list[str] = []
-                rec = _train_stl(
+                rec = train_single_task_baseline(
                     config, splits, copy.copy(task), seed, run_dir, said.append,
                     self.sources(seed),
                 )
@@ -828,7 +833,7 @@ class _Pair:
 
     def libmtl(self, balancer: BalancerConfig, seed: int, side: LibMTLSide) -> dict[str, Any] | None:
         """The same training as ``mtl(balancer)``, driven through LibMTL's classes."""
-        from polytask.bench._libmtl import LIBMTL_METHODS, libmtl_version
+        from polytask_bench.libmtl_side import LIBMTL_METHODS, libmtl_version
 
         method = balancer.name
         config = self.cell_config(balancer, seed)
@@ -840,7 +845,7 @@ class _Pair:
         version = libmtl_version()
 
         def body(run_dir: Path, memory: PeakMemory) -> dict[str, Any]:
-            from polytask.bench._libmtl import fit_libmtl
+            from polytask_bench.libmtl_side import fit_libmtl
 
             if version is None:
                 raise ImportError(
@@ -1236,9 +1241,82 @@ def iter_cells(results_dir: str | Path) -> Iterator[dict[str, Any]]:
             yield cell
 
 
-def command_line(args: Sequence[str]) -> str:
-    """``polytask`` followed by ``args``, shell-quoted (the reproduction line of a table)."""
+# ---------------------------------------------------------------------------------------------
+# The two commands, for both entry points: ``polytask bench run|report`` (a checkout's CLI) and
+# ``python benchmarks/suite.py run|report``. Each parses its own options and calls these.
+
+#: the program of the reproduction lines when none is given: the CLI's, as documented
+DEFAULT_PROGRAM = "polytask bench"
+
+
+def command_line(program: str, args: Sequence[str]) -> str:
+    """``program`` followed by ``args``, shell-quoted (the reproduction line of a table)."""
     import shlex
 
-    return "polytask " + shlex.join(args)
+    return f"{program} {shlex.join(args)}"
+
+
+def run_command(
+    suite_path: Path,
+    out: Path | None = None,
+    only: Sequence[str] = (),
+    *,
+    program: str = DEFAULT_PROGRAM,
+    log: Callable[[str], None] = print,
+) -> SuiteRunSummary:
+    """``run SUITE [--out DIR] [--only KEY=V,...]``: validate, then run the unfinished cells.
+
+    Raises :class:`SuiteError` before anything trains when the suite or ``--only`` is wrong. The
+    command recorded in every cell is rebuilt from the parsed arguments (with the resolved
+    ``--out``), not read from ``sys.argv``, so that it reruns the same cells from any launcher.
+    The last line logged counts the cells run, skipped (finished earlier) and failed.
+    """
+    suite = load_suite(suite_path)
+    selection = parse_only(only)
+    results = out or Path("bench-results") / suite.name
+    args = [str(suite_path), "--out", str(results)]
+    args += [part for item in only for part in ("--only", item)]
+    started = time.perf_counter()
+    summary = run_suite(
+        suite, results, only=selection, log=log, command=command_line(program, ["run", *args]),
+        suite_file=suite_path,
+    )
+    log(
+        f"{len(summary.ran)} cells run, {len(summary.skipped)} already finished, "
+        f"{len(summary.failed)} failed in {time.perf_counter() - started:.1f} s; results: {results}"
+    )
+    if summary.failed:
+        log("failed: " + ", ".join(summary.failed))
+    return summary
+
+
+def report_command(
+    results_dirs: Sequence[Path],
+    out: Path | None = None,
+    preface: Path | None = None,
+    *,
+    program: str = DEFAULT_PROGRAM,
+) -> Path:
+    """``report DIR... [--out FILE] [--preface FILE]``: the Markdown page and its PNGs.
+
+    Default ``out``: ``docs/results/<DIR name>.md`` for one directory, ``docs/results.md`` for
+    several. Returns the page written; a missing directory or preface raises
+    ``FileNotFoundError``, unreadable cells ``ValueError`` / ``KeyError``.
+    """
+    from polytask_bench.suite_report import write_results
+
+    if not results_dirs:
+        raise ValueError("no results directory given")
+    if out is None:
+        single = len(results_dirs) == 1
+        out = Path("docs") / "results" / f"{results_dirs[0].resolve().name}.md" if single else (
+            Path("docs") / "results.md"
+        )
+    args = ["report", *map(str, results_dirs), "--out", str(out)]
+    if preface is not None:
+        args += ["--preface", str(preface)]
+    text = preface.read_text(encoding="utf-8") if preface is not None else None
+    return write_results(
+        results_dirs, out, report_command=command_line(program, args), preface=text
+    )
 

@@ -12,9 +12,11 @@ model built with the same seed, so both libraries train the identical network on
 batch. Left out of the LibMTL step (in its favour): the ``Trainer``'s per-step bookkeeping
 (``loss.item()`` per task and metric updates).
 
-Two uses: :class:`LibMTLRunner` times single steps for ``polytask bench overhead``, and
-:func:`fit_libmtl` trains a whole run (epochs, validation, early stopping, test) for the
-``libmtl-<method>`` cells of a benchmark suite, side by side with polytask's cell of that method.
+Two uses: :class:`LibMTLRunner` times single steps for the overhead benchmark
+(:mod:`polytask_bench.overhead`), and :func:`fit_libmtl` trains a whole run (epochs, validation,
+early stopping, test) for the ``libmtl-<method>`` cells of a benchmark suite, side by side with
+polytask's cell of that method. Only polytask's public API is used: the comparison is with what a
+user of either library can write.
 
 One compatibility shim, and only one: LibMTL was written for torch 1.x, where ``zero_grad()`` left
 zero-filled gradients; since torch 2.0 it sets them to ``None`` and LibMTL's ``_reset_grad``
@@ -205,16 +207,16 @@ def fit_libmtl(
     pass after every epoch. An epoch's time is, as for polytask, training steps + validation.
     """
     from polytask.data.base import iterate_batches
-    from polytask.evaluation.metrics import evaluate
+    from polytask.evaluation.metrics import EvaluationError, delta_m, evaluate
     from polytask.training.loop import (
         NonFiniteLossError,
         TrainingError,
-        _resolve_rule,
-        _safe_delta_m,
-        _selection_score,
         build_optimizer,
+        epoch_generator,
         resolve_device,
+        resolve_selection_rule,
         seed_everything,
+        selection_score,
     )
 
     s = settings
@@ -226,7 +228,7 @@ def fit_libmtl(
     if getattr(model, "head_kind", None) is None or not hasattr(model, "trunk"):
         raise TrainingError("the LibMTL side-by-side needs a hard_sharing model (LibMTL's HPS)")
     tasks = splits.tasks
-    rule = _resolve_rule(s.selection, stl_val)
+    rule = resolve_selection_rule(s.selection, stl_val)
     device = resolve_device(s.device)
     seed_everything(s.seed)
     net = build_libmtl_model(method, _Encoder(model), copy.deepcopy(model.heads), rep_grad, device)
@@ -242,7 +244,7 @@ def fit_libmtl(
         net.epoch = epoch
         net.train()
         start = time.perf_counter()
-        generator = torch.Generator().manual_seed(s.seed * 7919 + epoch)
+        generator = epoch_generator(s.seed, epoch)  # fit's batch order
         loss_sum, batches = np.zeros(t), 0
         for x, y in iterate_batches(splits.train, s.batch_size, shuffle=True, generator=generator):
             x, y = x.to(device), {k: v.to(device) for k, v in y.items()}
@@ -265,7 +267,7 @@ def fit_libmtl(
         net.train_loss_buffer[:, epoch] = loss_sum / max(batches, 1)
         val, _ = evaluate(net, tasks, splits.val, s.eval_batch_size, device)
         times.append(time.perf_counter() - start)
-        score = _selection_score(rule, val, tasks, stl_val)
+        score = selection_score(rule, val, tasks, stl_val)
         if score > best_score:
             best_score, best_epoch, bad = score, epoch, 0
             best_state = copy.deepcopy(net.state_dict())
@@ -277,7 +279,12 @@ def fit_libmtl(
         net.load_state_dict(best_state)
     val, _ = evaluate(net, tasks, splits.val, s.eval_batch_size, device)
     test, _ = evaluate(net, tasks, splits.test, s.eval_batch_size, device)
-    dm = _safe_delta_m(test, stl_test, tasks) if stl_test is not None else None
+    dm = None
+    if stl_test is not None:
+        try:  # as fit: no Δm when a task's metric is missing from either side
+            dm = delta_m(test, stl_test, tasks)
+        except EvaluationError:
+            dm = None
     dm = None if dm is not None and math.isnan(dm) else dm
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "results.json").write_text(json.dumps(

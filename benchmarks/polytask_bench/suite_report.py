@@ -1,6 +1,6 @@
 """Published results: the cells of a benchmark run as Markdown tables and PNG plots.
 
-Everything here is read from the cell JSON files :mod:`polytask.bench.suite` wrote, so a report
+Everything here is read from the cell JSON files :mod:`polytask_bench.suite` wrote, so a report
 can be rebuilt on any machine, from a finished or a partial run; a partial run says which cells
 are missing instead of silently averaging fewer of them.
 
@@ -16,6 +16,7 @@ Why these choices:
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import statistics
@@ -24,8 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from polytask.bench.suite import CELLS_DIR, describe_rule, iter_cells, stl_selection
-from polytask.report.plots import _colors, _margins, _new_figure, _to_png
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from polytask_bench.suite import CELLS_DIR, describe_rule, iter_cells, stl_selection
 
 __all__ = ["MethodRow", "aggregate", "write_results"]
 
@@ -255,8 +259,8 @@ def _task_table(group: Group) -> list[str]:
 def _libmtl_table(group: Group) -> list[str]:
     """polytask's and LibMTL's cell of each shared method: quality, time per epoch, the verdicts.
 
-    "same result" is |difference of means| <= the larger of the two standard deviations (the
-    issue's "within one standard deviation"); the compared quantity is Δm% when single-task
+    "same result" is |difference of means| <= the larger of the two standard deviations ("within
+    one standard deviation", the criterion docs/results.md states); the compared quantity is Δm% when single-task
     baselines exist, else the mean primary metric over tasks.
     """
     ours = {r.method: r for r in group.rows if r.kind == "mtl"}
@@ -455,7 +459,42 @@ def write_results(
 
 
 # ---------------------------------------------------------------------------------------------
-# Plots (matplotlib's Agg canvas directly, as in polytask.report.plots)
+# Plots: matplotlib's Agg canvas directly (no pyplot state, safe without a display). The figure
+# helpers of polytask's run report are not part of its public API, so these few are our own.
+
+_DPI = 100
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _margins(
+    fig: Figure, *, left: float = 0.75, right: float = 0.2, bottom: float = 0.55, top: float = 0.45
+) -> None:
+    """Margins in inches (labels keep their room whatever the figure's size)."""
+    width, height = fig.get_size_inches()
+    fig.subplots_adjust(
+        left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height
+    )
+
+
+def _colors(keys: Sequence[str]) -> dict[str, Any]:
+    """A stable colour per key in first-appearance order: a method looks alike in every plot."""
+    unique = list(dict.fromkeys(keys))
+    cmap = colormaps["tab10" if len(unique) <= 10 else "tab20"]
+    return {key: cmap(i % cmap.N) for i, key in enumerate(unique)}
+
+
+def _to_png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=_DPI, metadata={"Software": None})
+    finally:
+        fig.clear()
+    return buffer.getvalue()
 
 
 def _scatter_axes(
