@@ -47,7 +47,7 @@ from polytask.federated.config import FederatedConfig, parse_federated_config
 from polytask.federated.partition import ClientData, FederatedError, Federation, partition_clients
 from polytask.models.base import MultiTaskModel
 from polytask.tasks import Task, TaskKind
-from polytask.training.loop import build_optimizer, resolve_device
+from polytask.training.loop import resolve_device, training_optimizer
 from polytask.training.precision import Precision
 from polytask.training.step import train_step
 
@@ -353,11 +353,7 @@ def local_train(
     precision = Precision.of(training.amp, device)
     model.to(device).train()
     balancer.to(device)
-    groups: list[dict[str, Any]] = [{"params": [p for p in model.parameters() if p.requires_grad]}]
-    extra = [p for p in balancer.parameters() if p.requires_grad]
-    if extra:  # learnable task weights: no weight decay pulling them to zero
-        groups.append({"params": extra, "weight_decay": 0.0})
-    optimizer = build_optimizer(groups, settings)
+    optimizer = training_optimizer(model, balancer, settings)  # fit's parameter groups
     if proximal_mu > 0:
         named = dict(model.named_parameters())
         anchor = {named[k]: named[k].detach().clone() for k in anchored or [] if k in named}

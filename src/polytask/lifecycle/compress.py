@@ -52,6 +52,7 @@ from polytask.data.batch import Inputs, batch_len
 from polytask.evaluation.metrics import evaluate
 from polytask.models.base import MultiTaskModel
 from polytask.tasks import Task
+from polytask.training.loop import json_safe
 
 __all__ = [
     "QUANTIZERS",
@@ -451,7 +452,7 @@ def compress_run(
         machine=_machine(),
         model=model,
     )
-    result.report_path.write_text(json.dumps(_jsonable(result.to_json()), indent=2) + "\n")
+    result.report_path.write_text(json.dumps(json_safe(result.to_json()), indent=2) + "\n")
     return result
 
 
@@ -590,13 +591,3 @@ def _machine() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
     }
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
