@@ -62,6 +62,11 @@ def test_interrupted_and_resumed_run_ends_exactly_like_an_uninterrupted_one(
         _rows(tmp_path / "resumed" / "metrics.csv")
     )
     assert _rows(tmp_path / "full" / "weights.csv") == _rows(tmp_path / "resumed" / "weights.csv")
+    # the divergence watch resumes from the same references (initial norm, per-task lowest loss)
+    watch_full = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")["divergence"]
+    watch_resumed = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["divergence"]
+    assert watch_full["lowest"] and set(watch_full["lowest"]) == set(model_a.task_names)
+    assert watch_resumed == watch_full
 
 
 def test_run_directory_contents(mnist: Splits, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -42,6 +42,9 @@ from polytask.training.logging import RunLogger
 from polytask.training.precision import Precision
 from polytask.training.settings import TrainSettings
 from polytask.training.step import train_step
+
+if TYPE_CHECKING:  # divergence.py imports this module
+    from polytask.training.divergence import DivergenceMonitor
 
 __all__ = [
     "FitResult",
@@ -235,6 +238,9 @@ def fit(
     last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
     start_epoch, step = 0, 0
     best = {"score": -math.inf, "epoch": -1, "bad_epochs": 0}
+    from polytask.training.divergence import DivergenceMonitor  # it imports this module
+
+    divergence = DivergenceMonitor.for_model(model)  # the norm before any training
     if resume and last_path.exists():
         state = load_checkpoint(last_path, task_names=model.task_names, map_location=device)
         load_model_state(model, state, last_path)
@@ -244,6 +250,8 @@ def fit(
             scheduler.load_state_dict(state["scheduler"])
         precision.load_state_dict(state.get("scaler"))
         restore_rng(state["rng"])
+        if state.get("divergence") is not None:  # checkpoints before it was saved: a fresh watch
+            divergence.load_state_dict(state["divergence"])
         start_epoch, step, best = state["epoch"] + 1, state["step"], dict(state["selection"])
     is_main = comm.rank == 0
     if is_main:
@@ -263,9 +271,6 @@ def fit(
     )
     train_data: TaskData = splits.train
     started = time.perf_counter()
-    from polytask.training.divergence import DivergenceMonitor  # it imports this module
-
-    divergence = DivergenceMonitor.for_model(model)
     bar = tqdm(range(start_epoch, s.epochs), disable=not (s.progress and is_main), desc="epochs")
     epoch = start_epoch - 1
     for epoch in bar:
@@ -319,7 +324,8 @@ def fit(
             if is_main:
                 save_checkpoint(
                     best_path,
-                    _state(model, optimizer, scheduler, balancer, epoch, step, best, precision),
+                    _state(model, optimizer, scheduler, balancer, epoch, step, best, precision,
+                           divergence),
                 )
         else:
             best["bad_epochs"] += 1
@@ -329,7 +335,8 @@ def fit(
             if (epoch + 1) % s.checkpoint_every == 0 or epoch == s.epochs - 1:
                 save_checkpoint(
                     last_path,
-                    _state(model, optimizer, scheduler, balancer, epoch, step, best, precision),
+                    _state(model, optimizer, scheduler, balancer, epoch, step, best, precision,
+                           divergence),
                 )
         bar.set_postfix(loss=f"{sum(train_loss):.3f}", score=f"{score:.4f}")
         if epoch_end is not None:
@@ -418,6 +425,7 @@ def _state(
     step: int,
     best: dict[str, Any],
     precision: Precision | None = None,
+    divergence: DivergenceMonitor | None = None,
 ) -> dict[str, Any]:
     state = {
         "model": model.state_dict(),
@@ -429,6 +437,9 @@ def _state(
         "selection": dict(best),
         "task_names": model.task_names,
         "rng": capture_rng(),
+        # the divergence watch's references (initial norm, lowest losses): a resumed run judges
+        # divergence against the same references as an uninterrupted one
+        "divergence": None if divergence is None else divergence.state_dict(),
     }
     scaler = None if precision is None else precision.state_dict()
     if scaler is not None:  # fp16: the loss scale and its growth tracker, for an exact resume
