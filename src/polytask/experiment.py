@@ -488,11 +488,22 @@ def train_single_task_baseline(
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(cached, target)
+    write_preprocessing(splits, target)  # the cache key covers the data, not its preprocessing file
     results = json.loads((target / "results.json").read_text())
     return RunRecord(
         label=label, kind="stl", seed=seed, run_dir=target, val=results["val"],
         test=results["test"], delta_m=None, time_s=results["time_s"],
     )
+
+
+def write_preprocessing(splits: Splits, directory: Path) -> None:
+    """Write a table's fitted preprocessing (columns, training statistics) as ``preprocessing.json``.
+
+    Why per run directory: the statistics come from the training rows, and when the split follows
+    the seed every seed has its own; a run must be read back with its own seed's statistics.
+    """
+    if "preprocessing" in splits.info:
+        (directory / "preprocessing.json").write_text(json.dumps(splits.info["preprocessing"]))
 
 
 def _run_label(config: ExperimentConfig, model: ModelConfig, balancer: str) -> str:
@@ -556,8 +567,10 @@ def run_experiment(
             splits, sources = load_sources(config, seed)
         source = train_source(config, sources)
         splits.validate()
-        if "preprocessing" in splits.info:
-            (out / "preprocessing.json").write_text(json.dumps(splits.info["preprocessing"]))
+        if "preprocessing" in splits.info and seed == config.seeds[0]:
+            # the experiment-level copy (the first seed's); each run directory gets its own seed's,
+            # which is what `polytask predict RUN` reads first
+            write_preprocessing(splits, out)
         tasks = splits.tasks
         if result is None:
             result = ExperimentResult(out_dir=out, tasks=tasks)
@@ -593,6 +606,7 @@ def run_experiment(
                 )
                 run_dir.mkdir(parents=True, exist_ok=True)
                 (run_dir / "config.yaml").write_text(_run_config(config, mc).to_yaml())
+                write_preprocessing(splits, run_dir)
                 fitted = fit(
                     model, splits, balancer, settings, run_dir, train_source=source,
                     stl_val=stl_val, stl_test=stl_test, communicator=communicator,
