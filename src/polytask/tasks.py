@@ -237,6 +237,24 @@ class Task:
             )
         return bool(direction)
 
+    def metric_higher_is_better(self, metric: str) -> bool:
+        """Direction of any of this task's metrics (``loss``: lower is better).
+
+        Why not "everything but the loss is higher-better": rmse, mae and depth errors are lower-
+        better, and a selection rule on them would keep the worst epoch.
+        """
+        if metric == "loss":
+            return False
+        if metric == self.primary:
+            return self.primary_higher_is_better
+        factories = self.metric_factories()
+        if metric not in factories:
+            raise ValueError(f"task {self.name!r} has no metric {metric!r}; it has {list(factories)}")
+        direction = factories[metric]().higher_is_better
+        if direction is None:
+            raise ValueError(f"task {self.name!r}: metric {metric!r} has no direction")
+        return bool(direction)
+
     def make_metrics(self) -> torchmetrics.MetricCollection:
         """Fresh metrics that never synchronise across processes on ``compute``.
 

@@ -204,7 +204,7 @@ def _check_training(config: ExperimentConfig) -> list[str]:
         except (RuntimeError, ValueError) as err:
             problems.append(f"training.device: {err}")
     rule = t.selection
-    task, sep, metric = rule.partition("/")
+    task, sep, metric = rule.rpartition("/")  # a task name may hold "/", a metric never
     if rule not in _SELECTION_RULES and not (sep and task and metric):
         problems.append(
             f"training.selection: unknown rule {rule!r}; choose one of: "

@@ -170,11 +170,11 @@ def selection_score(
         return mean_primary(val, tasks)
     if rule == "val_loss":
         return -sum(val[t.name]["loss"] for t in tasks if math.isfinite(val[t.name]["loss"]))
-    task_name, _, metric = rule.partition("/")
+    task_name, _, metric = rule.rpartition("/")  # a task name may hold "/", a metric never
     task = next((t for t in tasks if t.name == task_name), None)
     if task is None or metric not in val[task_name]:
         raise TrainingError(f"selection rule {rule!r} names no task/metric of this run")
-    higher = task.primary_higher_is_better if metric == task.primary else metric != "loss"
+    higher = task.metric_higher_is_better(metric)
     value = val[task_name][metric]
     return value if higher else -value
 
