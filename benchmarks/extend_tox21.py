@@ -4,12 +4,14 @@ Part A (examples/tox21_first8.yaml + examples/tox21_add4.yaml): per seed, train 
 model, train the 12-assay model on the same split (the "all together" reference), then extend
 the 8-assay run with the 4 other assays in each requested mode. Targets (docs/extend.md): the 4
 new assays within 0.01 test ROC-AUC of the 12-assay model, the 8 old ones within 0.005 of before.
-Part B (--clintox): the 12-assay Tox21 run extended with ClinTox's 2 tasks (ECFP only, so the
-features are the same bits; ClinTox's own molecules and split).
+Part B (--clintox, --sider): the 12-assay Tox21 run extended with ClinTox's 2 tasks or SIDER's 27
+side-effect classes (ECFP only, so the features are the same bits; the added set's own molecules
+and random split), against a model trained on the added set alone (``test_reference``).
 
 Sizes are CPU sizes, set from the command line (defaults: 6 epochs, hidden 512, seeds 0 1 2).
 
     python benchmarks/extend_tox21.py --out /tmp/bench-extend [--epochs 6] [--seeds 0 1 2]
+    python benchmarks/extend_tox21.py --out /tmp/bench-extend-b --seeds 0 --sider --skip-tox21
 """
 
 from __future__ import annotations
@@ -92,26 +94,59 @@ def part_a(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
     return records
 
 
-def part_b(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
+def part_b(args: argparse.Namespace, out: Path, dataset: str) -> list[dict[str, Any]]:
+    """The ECFP-only 12-assay Tox21 run (one per seed, shared by every added data set), extended
+    with ``dataset``'s tasks, trunk frozen."""
     records = []
-    for seed in args.seeds[:1]:
+    for seed in args.seeds[: args.part_b_seeds]:
         every = _config("examples/tox21_first8.yaml", args.epochs, args.hidden, seed,
                         features="ecfp")  # fmt: skip
         every["name"] = "tox21-ecfp"
         every["data"]["options"].pop("tasks")
+        t0 = time.perf_counter()
         run12 = _train(every, out / f"tox21-ecfp-seed{seed}")
-        clintox = _config("examples/tox21_add4.yaml", args.epochs, args.hidden, seed,
-                          features="ecfp")  # fmt: skip
-        clintox["name"] = "clintox"
-        clintox["data"] = {"dataset": "clintox", "options": {"split": "random", "features": "ecfp"}}
-        target = out / f"clintox-frozen-seed{seed}"
+        added = _config("examples/tox21_add4.yaml", args.epochs, args.hidden, seed,
+                        features="ecfp")  # fmt: skip
+        added["name"] = dataset
+        added["data"] = {"dataset": dataset, "options": {"split": "random", "features": "ecfp"}}
+        target = out / f"{dataset}-frozen-seed{seed}"
         if (target / "extend.json").exists():
             rows = json.loads((target / "extend.json").read_text())["rows"]
         else:
-            rows = extend_run(run12, parse_config(clintox), target, mode="frozen",
+            rows = extend_run(run12, parse_config(added), target, mode="frozen",
                               log=lambda m: None).rows  # fmt: skip
-        records.append({"seed": seed, "rows": rows})
+        wall = time.perf_counter() - t0
+        print(f"seed {seed}: Tox21 -> {dataset} in {wall:.0f} s", flush=True)
+        records.append({"seed": seed, "dataset": dataset, "rows": rows, "wall_s": wall})
     return records
+
+
+def _part_b_table(records: list[dict[str, Any]]) -> None:
+    """Per added task: extended (frozen Tox21 trunk) and from-scratch test ROC-AUC over seeds."""
+    new = [[r for r in rec["rows"] if r["group"] == "new"] for rec in records]
+    tasks = [r["task"] for r in new[0]]
+
+    def ms(values: list[float]) -> str:
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.fmean(values):.4f} ± {sd:.4f}"
+
+    print("| task | extended (frozen Tox21 trunk) test | from scratch test | difference |")
+    print("|---|---|---|---|")
+    for i, task in enumerate(tasks):
+        ext = [rows[i]["test_extended"] for rows in new]
+        ref = [rows[i]["test_reference"] for rows in new]
+        print(
+            f"| {task} | {ms(ext)} | {ms(ref)} | {ms([a - b for a, b in zip(ext, ref, strict=True)])} |"
+        )
+    ext_mean = [statistics.fmean(r["test_extended"] for r in rows) for rows in new]
+    ref_mean = [statistics.fmean(r["test_reference"] for r in rows) for rows in new]
+    wins = [sum(r["test_extended"] > r["test_reference"] for r in rows) for rows in new]
+    print(f"| mean of {len(tasks)} tasks | {ms(ext_mean)} | {ms(ref_mean)} | "
+          f"{ms([a - b for a, b in zip(ext_mean, ref_mean, strict=True)])} |")  # fmt: skip
+    print(f"extended above scratch on {wins} of {len(tasks)} tasks (per seed)")
+    old = [[r for r in rec["rows"] if r["group"] == "old"] for rec in records]
+    drift = max(abs(r["test_reference"] - r["test_extended"]) for rows in old for r in rows)
+    print(f"Tox21 assays kept: {len(old[0])}, largest change of test ROC-AUC {drift:.6f}")
 
 
 def main() -> None:
@@ -120,7 +155,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--clintox", action="store_true", help="also run part B")
+    parser.add_argument("--clintox", action="store_true", help="also run part B with ClinTox")
+    parser.add_argument("--sider", action="store_true", help="also run part B with SIDER")
+    parser.add_argument(
+        "--part-b-seeds", type=int, default=1, help="how many of --seeds part B runs (default 1)"
+    )
     parser.add_argument("--skip-tox21", action="store_true", help="part B only")
     args = parser.parse_args()
     args.modes = [("frozen", False), ("partial", True)]
@@ -131,23 +170,30 @@ def main() -> None:
     records = [] if args.skip_tox21 else part_a(args, args.out)
     payload: dict[str, Any] = {"args": {k: v for k, v in vars(args).items() if k != "out"},
                                "load_at_start": load, "part_a": records}  # fmt: skip
-    if args.clintox:
-        payload["part_b"] = part_b(args, args.out)
+    for dataset in [d for d in ("clintox", "sider") if getattr(args, d)]:
+        payload[f"part_b_{dataset}"] = part_b(args, args.out, dataset)
+        (args.out / "extend_tox21.json").write_text(json.dumps(payload, indent=2, default=str))
+        print(f"\nTox21 -> {dataset}:")
+        _part_b_table(payload[f"part_b_{dataset}"])
     payload["wall_s"] = time.perf_counter() - started
     (args.out / "extend_tox21.json").write_text(json.dumps(payload, indent=2, default=str))
     for mode, keep in args.modes:
         recs = [r for r in records if r["mode"] == mode and r["keep_old"] == keep]
         if not recs:
             continue
+
         def ms(key: str, recs: list[dict[str, Any]] = recs) -> str:
             values = [r[key] for r in recs]
             sd = statistics.stdev(values) if len(values) > 1 else 0.0
             return f"{statistics.fmean(values):.4f} ± {sd:.4f}"
+
         print(f"{mode} keep_old={keep}: old before {ms('old_before')} after {ms('old_after')} "
               f"(max drop {ms('old_max_drop')}); new extended {ms('new_extended')}, "
               f"joint-12 {ms('new_joint12')}, scratch {ms('new_scratch')}")  # fmt: skip
-    print(f"wall {payload['wall_s']:.0f} s; load now: "
-          f"{subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
+    print(
+        f"wall {payload['wall_s']:.0f} s; load now: "
+        f"{subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}"
+    )
 
 
 if __name__ == "__main__":

@@ -10,9 +10,10 @@ first model, the shared-bottom MLP [64, 32], batch 256), equal weights, seed 0, 
 epochs, once per variant:
 
 * ``off``: no recording;
-* ``default``: ``relations: true`` (gradient measures every 10 steps, lookahead every max(10, 20·T));
+* ``default``: ``relations: true`` (gradient measures every 10 steps, lookahead every max(10, 40·T));
 * ``no-lookahead``: ``{lookahead: false}`` (gradient cosines and conflicts only);
-* ``lookahead-10``: ``{lookahead_every: 10}`` (TAG at every record).
+* ``lookahead-10``: ``{lookahead_every: 10}`` (TAG at every record);
+* ``every-20``: ``{every: 20}`` (gradient measures half as often, lookahead max(20, 40·T)).
 
 Two clocks, one torch thread:
 
@@ -56,6 +57,7 @@ VARIANTS: dict[str, Any] = {
     "default": True,
     "no-lookahead": {"lookahead": False},
     "lookahead-10": {"lookahead_every": 10},
+    "every-20": {"every": 20},
 }
 
 

@@ -7,6 +7,7 @@ import json
 from typer.testing import CliRunner
 
 from polytask.cli import app
+from polytask.config import load_config
 from polytask.data.image_table import load_image_table
 from polytask.data.images import write_digit_folder
 from polytask.data.loader import DatasetData
@@ -27,6 +28,13 @@ def test_fit_on_a_folder_of_real_digit_images(tmp_path, monkeypatch) -> None:
     assert run["test"]["digit"]["labelled"] > 0 and "delta_m" in run
     assert (out / "stl-digit-seed0" / "results.json").exists()
     assert (out / "report.html").exists()
+    advice = json.loads((out / "advice.json").read_text())  # fit's default: the quick choice
+    assert advice["mode"] == "quick" and advice["structure"] in {"all-shared", "separate"}
+    for path in advice["configs"]:  # each model's config still reads the same image folder
+        config = load_config(path)
+        assert config.data.images == str(csv.parent) and set(config.data.targets) <= {
+            "digit", "is_even"
+        }
 
 
 def test_image_splits_are_lazy_datasets_with_train_only_augmentation(tmp_path) -> None:

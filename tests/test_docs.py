@@ -66,3 +66,21 @@ def test_python_blocks_run(
         exec(compile("\n" * (line - 1) + code, str(page), "exec"), namespace)
     if skipped:
         pytest.skip(f"{page.name}: blocks not run: {', '.join(skipped)}")
+
+
+def test_architecture_map_names_every_package_and_module() -> None:
+    """Why: docs/architecture.md is where a reader finds which file holds a concept; a package
+    added without its line there is invisible to them. Every package and module directly under
+    ``src/polytask/`` (and the report's templates) must have its own line in the map."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    tree = text.split("```", 2)[1]  # the first fenced block: the map
+    entries = {m.group(1) for m in re.finditer(r"^ {2,4}(\S+/?)\s", tree, re.M)}
+    package = ROOT / "src" / "polytask"
+    expected = {
+        f"{p.name}/" if p.is_dir() else p.name
+        for p in package.iterdir()
+        if (p.is_dir() and (p / "__init__.py").exists())
+        or (p.suffix == ".py" and p.name != "__init__.py")
+    } | {"templates/"}
+    missing = sorted(expected - entries)
+    assert not missing, f"docs/architecture.md's map has no line for {missing}"

@@ -16,7 +16,6 @@ Why these choices:
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import statistics
@@ -25,10 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
+from polytask.report.plots import key_colors, new_figure, set_margins, to_png
 from polytask_bench.suite import CELLS_DIR, describe_rule, iter_cells, stl_selection
 
 __all__ = ["MethodRow", "aggregate", "write_results"]
@@ -459,42 +455,8 @@ def write_results(
 
 
 # ---------------------------------------------------------------------------------------------
-# Plots: matplotlib's Agg canvas directly (no pyplot state, safe without a display). The figure
-# helpers of polytask's run report are not part of its public API, so these few are our own.
-
-_DPI = 100
-
-
-def _new_figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=_DPI)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _margins(
-    fig: Figure, *, left: float = 0.75, right: float = 0.2, bottom: float = 0.55, top: float = 0.45
-) -> None:
-    """Margins in inches (labels keep their room whatever the figure's size)."""
-    width, height = fig.get_size_inches()
-    fig.subplots_adjust(
-        left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height
-    )
-
-
-def _colors(keys: Sequence[str]) -> dict[str, Any]:
-    """A stable colour per key in first-appearance order: a method looks alike in every plot."""
-    unique = list(dict.fromkeys(keys))
-    cmap = colormaps["tab10" if len(unique) <= 10 else "tab20"]
-    return {key: cmap(i % cmap.N) for i, key in enumerate(unique)}
-
-
-def _to_png(fig: Figure) -> bytes:
-    buffer = io.BytesIO()
-    try:
-        fig.savefig(buffer, format="png", dpi=_DPI, metadata={"Software": None})
-    finally:
-        fig.clear()
-    return buffer.getvalue()
+# Plots: drawn with the figure helpers of polytask's run report (matplotlib's Agg canvas directly:
+# no pyplot state, safe without a display), so both reports' figures look and behave alike.
 
 
 def _scatter_axes(
@@ -502,16 +464,16 @@ def _scatter_axes(
 ) -> tuple[Any, Any, list[str], dict[str, Any]]:
     """A 6-inch-wide figure with one axes, and each row's label and colour (one point per row)."""
     labels = [_label(r) for r in rows]
-    fig = _new_figure(6.0, height)
-    _margins(fig, left=left, bottom=0.65)
-    return fig, fig.add_subplot(), labels, _colors(labels)
+    fig = new_figure(6.0, height)
+    set_margins(fig, left=left, bottom=0.65)
+    return fig, fig.add_subplot(), labels, key_colors(labels)
 
 
 def _png(fig: Any, ax: Any, grid_axis: str = "both") -> bytes:
     """Every plot here ends alike: a light grid, a small legend, PNG bytes."""
     ax.grid(True, axis=grid_axis, alpha=0.3)
     ax.legend(fontsize="x-small", framealpha=0.7)
-    return _to_png(fig)
+    return to_png(fig)
 
 
 def _plot(kind: str, group: Group) -> bytes | None:
@@ -533,9 +495,9 @@ def _task_bars(group: Group) -> bytes | None:
         values = {names[0]: {_label(r): r.mean_primary for r in rows}}
         ylabel = f"mean {group.tasks[0]['primary_metric']}"
     labels = [_label(r) for r in rows]
-    colors = _colors(labels)
-    fig = _new_figure(max(6.0, 1.0 + 0.5 * len(names) * max(1, len(labels)) * 0.45), 4.2)
-    _margins(fig, top=0.45, bottom=0.9 if len(names) > 4 else 0.55)
+    colors = key_colors(labels)
+    fig = new_figure(max(6.0, 1.0 + 0.5 * len(names) * max(1, len(labels)) * 0.45), 4.2)
+    set_margins(fig, top=0.45, bottom=0.9 if len(names) > 4 else 0.55)
     ax = fig.add_subplot()
     width = 0.8 / max(1, len(labels))
     for j, label in enumerate(labels):

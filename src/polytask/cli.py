@@ -136,7 +136,9 @@ def fit_table(
         typer.Option(help="Override a task kind: COLUMN=binary|multiclass|regression (repeatable)."),
     ] = None,
     balancer: Annotated[
-        list[str] | None, typer.Option("--balancer", "-b", help="Balancer(s) to compare (repeatable).")
+        list[str] | None,
+        typer.Option("--balancer", "-b",
+                     help="Balancer(s) to compare (repeatable); implies --fixed."),
     ] = None,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 30,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 128,
@@ -147,11 +149,21 @@ def fit_table(
         typer.Option(help="Text (categorical) columns: onehot, or embedding (one learned table "
                      "per column, unseen values on an unknown row; trains the tabular trunk)."),
     ] = "onehot",
-    stl: Annotated[bool, typer.Option(help="Also train single-task baselines and report Δm%.")] = True,
+    stl: Annotated[
+        bool,
+        typer.Option(help="Also train single-task baselines and report Δm% (--no-stl implies "
+                     "--fixed)."),
+    ] = True,
     seed: Annotated[int, typer.Option(help="Random seed (split and initialisation).")] = 0,
     out: Annotated[Path | None, typer.Option(help="Run directory.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help=_RESUME_HELP)] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help=_OVERWRITE_HELP)] = False,
+    fixed: Annotated[
+        bool,
+        typer.Option("--fixed", help="Train exactly one shared model with the given balancer(s) "
+                     "(default equal) and the baselines, without choosing; implied by --balancer "
+                     "and --no-stl."),
+    ] = False,
     images: Annotated[
         Path | None,
         typer.Option(help="Folder of images; TABLE is then a CSV whose first column is the "
@@ -174,7 +186,14 @@ def fit_table(
         typer.Option(help="With --auto: wall-time budget, e.g. 90s, 10m (default 2m)."),
     ] = None,
 ) -> None:
-    """Train a shared model on a table with several target columns (or on images + labels).
+    """Train on a table with several target columns (or on images + labels), choosing the structure.
+
+    By default (the quick choice) one shared model (equal weights) and one single-task baseline
+    per target are trained; if sharing helped some targets and hurt others on validation, one more
+    shared model is trained on the targets it helped. The lowest validation Δm% wins: one shared
+    model, separate models, or the helped targets together and the others alone (advice.json,
+    recommended*.yaml). --fixed trains one shared model and stops; --auto searches wider within
+    --budget.
 
     Each target's kind is inferred from its column (floats -> regression, two values -> binary,
     a few integers or strings -> multiclass) unless --kind says otherwise; empty cells are missing
@@ -182,7 +201,7 @@ def fit_table(
     --categorical-encoding embedding: the tabular trunk, one embedding table per text column); with
     --images the images are read lazily from disk through a DataLoader and train a ResNet-10.
     """
-    started = time.perf_counter()  # --auto: the budget counts from here
+    started = time.perf_counter()  # --auto: the budget counts from here (the quick choice: time)
     from polytask.config import parse_config
     from polytask.experiment import run_experiment
 
@@ -220,7 +239,12 @@ def fit_table(
             }
         )
         if auto or budget is not None:
+            if fixed:
+                raise ValueError("--fixed and --auto exclude each other: choose one")
             _fit_auto(config, budget, out or Path("runs") / f"{table.stem}-auto", started)
+            return
+        if not (fixed or balancer or not stl):
+            _fit_quick(config, seed, out or Path("runs") / table.stem, started, resume, overwrite)
             return
         result = run_experiment(
             config, out or Path("runs") / table.stem, log=_echo, resume=resume, overwrite=overwrite
@@ -239,6 +263,19 @@ def _fit_auto(config: Any, budget: str | None, out: Path, started: float) -> Non
     seconds = parse_budget(budget) if budget is not None else DEFAULT_AUTO_BUDGET_S
     advice = advise_config(config, seconds, out=out, log=_echo, started=started)
     typer.echo(advice.format())
+
+
+def _fit_quick(
+    config: Any, seed: int, out: Path, started: float, resume: bool, overwrite: bool
+) -> None:
+    """``fit``'s default: the quick choice (shared, separate, or the helped tasks together)."""
+    from polytask.auto.quick import quick_advise
+
+    advice = quick_advise(config, seed=seed, out=out, log=_echo, started=started, resume=resume,
+                          overwrite=overwrite)
+    typer.echo(advice.format())
+    typer.echo(f"run directory: {out}\nreport (the shared model and the baselines): "
+               f"{out / 'report.html'}")
 
 
 @app.command()
@@ -498,6 +535,11 @@ def extend(
         bool, typer.Option("--no-scratch", help="Skip the from-scratch reference model.")
     ] = False,
     out: Annotated[Path | None, typer.Option(help="New run directory (default RUN-extended).")] = None,
+    init_from: Annotated[
+        str | None,
+        typer.Option(help="cross_stitch / cgc / ple: the old task whose path the new tasks copy "
+                     "(default: the first old task)."),
+    ] = None,
 ) -> None:
     """Add the new config's tasks to a trained run: new heads on its trunk, old tasks measured.
 
@@ -510,7 +552,8 @@ def extend(
     try:
         result = extend_run(
             run_dir, config, target, mode=mode, keep_old=keep_old,  # type: ignore[arg-type]
-            replace=replace, stages=stages, lr_scale=lr_scale, scratch=not no_scratch, log=_echo,
+            replace=replace, stages=stages, lr_scale=lr_scale, scratch=not no_scratch,
+            init_from=init_from, log=_echo,
         )
     except (ValueError, RuntimeError, FileNotFoundError, ImportError) as err:
         _fail(err)
@@ -539,7 +582,9 @@ def ensemble(
 
 @app.command("meta")
 def meta(
-    config: Annotated[Path, typer.Argument(help="Meta-learning YAML (examples/meta_school.yaml).")],
+    config: Annotated[
+        Path, typer.Argument(help="Meta-learning YAML (examples/meta_school.yaml, meta_tox21.yaml).")
+    ],
     out: Annotated[Path | None, typer.Option(help="Output folder (default output_dir/name).")] = None,
 ) -> None:
     """Reptile / first-order MAML initialisations vs scratch and the MTL trunk on held-out tasks."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,9 +15,12 @@ from polytask.analysis.grouping import (
     GroupingError,
     beam_search,
     exact_search,
+    late_epochs,
     partition_score,
+    search_affinity,
     search_groupings,
 )
+from polytask.analysis.relations import Measure, Relations
 
 BELL = [1, 1, 2, 5, 15, 52, 203, 877]
 
@@ -176,3 +180,40 @@ def test_brute_force_helper_counts_bell_numbers() -> None:
     for n, bell in enumerate(BELL[:7]):
         assert sum(1 for _ in all_partitions(list(range(n)))) == bell
     assert all(len(set(itertools.chain(*p))) == 4 for p in all_partitions(list(range(4))))
+
+
+@given(st.integers(1, 40))
+def test_late_epochs_is_the_second_half_and_never_empty(recorded: int) -> None:
+    kept = list(range(recorded))[late_epochs(recorded)]
+    assert kept and kept[-1] == recorded - 1
+    assert len(kept) == recorded - recorded // 2  # the middle epoch of an odd count included
+    with pytest.raises(GroupingError, match="no recorded epoch"):
+        late_epochs(0)
+
+
+def relations_with(per_epoch: np.ndarray, tasks: list[str]) -> Relations:
+    e = per_epoch.shape[0]
+    measure = Measure("lookahead_affinity", "", "parameters", True, per_epoch, [1] * e)
+    return Relations(path=Path("relations.json"), tasks=tasks,
+                     epochs=list(range(e)), measures={"lookahead_affinity": measure},
+                     loss_ratio=[{} for _ in range(e)], loss_initial={}, counts={},
+                     settings={})
+
+
+def test_search_affinity_reads_the_late_epochs_and_their_grouping() -> None:
+    """Early epochs pairing (a, c), (b, d); late ones (a, b), (c, d): the late grouping wins."""
+    tasks = ["a", "b", "c", "d"]
+    early, late = np.full((4, 4), -0.1), np.full((4, 4), -0.1)
+    for i, j in [(0, 2), (1, 3)]:
+        early[i, j] = early[j, i] = 1.0
+    for i, j in [(0, 1), (2, 3)]:
+        late[i, j] = late[j, i] = 0.3
+    per_epoch = np.stack([early, early, early, late, late, late])
+    rel = relations_with(per_epoch, tasks)
+    names, a = search_affinity(rel, "lookahead_affinity")
+    assert names == tasks
+    np.testing.assert_allclose(a, late)
+    best = search_groupings(names, a, k=1)[0]
+    assert best.key == (("a", "b"), ("c", "d"))
+    _, everything = rel.affinity("lookahead_affinity")  # all epochs: the early pairs dominate
+    assert search_groupings(tasks, everything, k=1)[0].key == (("a", "c"), ("b", "d"))

@@ -293,8 +293,8 @@ def test_config_key_is_off_by_default_and_validated() -> None:
     assert TrainingConfig(relations=False).relations is None
     on = TrainingConfig(relations=True).relations
     assert on is not None and (on.every, on.lookahead) == (10, True)
-    assert (on.lookahead_period(2), on.lookahead_period(12)) == (40, 240)  # max(every, 20·T)
-    assert RelationsConfig(every=100).lookahead_period(3) == 100
+    assert (on.lookahead_period(2), on.lookahead_period(12)) == (80, 480)  # max(every, 40·T)
+    assert RelationsConfig(every=200).lookahead_period(3) == 200  # never more often than every
     with pytest.raises(ConfigError, match=r"training\.relations\.evry: unknown key"):
         parse_config({"data": {"dataset": "census"}, "training": {"relations": {"evry": 5}}})
     with pytest.raises(ConfigError, match=r"training\.relations\.every"):

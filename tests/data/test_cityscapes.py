@@ -6,45 +6,46 @@ the class-count option and its folder, inverse depth with missing pixels, and a 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from polytask.balancing import create_balancer
 from polytask.data import available, load_dataset
 from polytask.data.base import DataError
 from polytask.data.cityscapes import load_cityscapes
-from polytask.models import create_model, create_trunk
-from polytask.training import TrainSettings, fit
 
 SIZE = (8, 16)
+COUNTS = {"train": 8, "val": 3}
 
 
-def write_cityscapes(
-    root: Path, n_train: int = 8, n_val: int = 3, label_dirs: tuple[str, ...] = ("label_7", "label_19")
-) -> Path:
-    rng = np.random.default_rng(1)
-    h, w = SIZE
-    for split, n in (("train", n_train), ("val", n_val)):
-        for folder in ("image", "depth", *label_dirs):
-            (root / split / folder).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            np.save(root / split / "image" / f"{i}.npy", rng.random((h, w, 3)).astype(np.float32))
-            for folder in label_dirs:
-                classes = 19 if folder.endswith("19") else 7
-                np.save(root / split / folder / f"{i}.npy",
-                        rng.integers(-1, classes, (h, w)).astype(np.float32))
-            disparity = rng.uniform(0.01, 0.3, (h, w, 1)).astype(np.float32)
-            disparity[-1] = 0.0  # the car bonnet row: no depth
-            np.save(root / split / "depth" / f"{i}.npy", disparity)
-    return root
+def _labels(classes: int) -> Callable[[np.random.Generator, int, int], np.ndarray]:
+    return lambda rng, h, w: rng.integers(-1, classes, (h, w)).astype(np.float32)
+
+
+def _disparity(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    disparity = rng.uniform(0.01, 0.3, (h, w, 1)).astype(np.float32)
+    disparity[-1] = 0.0  # the car bonnet row: no depth
+    return disparity
+
+
+def cityscapes_arrays(
+    label_dirs: tuple[str, ...] = ("label_7", "label_19"),
+) -> dict[str, Callable[[np.random.Generator, int, int], np.ndarray]]:
+    """MTAN's Cityscapes folders; a label folder ending in 19 holds 19 classes, any other 7."""
+    return {
+        "image": lambda rng, h, w: rng.random((h, w, 3)).astype(np.float32),
+        **{d: _labels(19 if d.endswith("19") else 7) for d in label_dirs},
+        "depth": _disparity,
+    }
 
 
 @pytest.fixture
-def city(tmp_path: Path) -> Path:
-    return write_cityscapes(tmp_path / "cityscapes")
+def city(tmp_path: Path, write_mtan_npy: Callable[..., Path]) -> Path:
+    return write_mtan_npy(tmp_path / "cityscapes", cityscapes_arrays(), COUNTS, SIZE, seed=1)
 
 
 @pytest.mark.parametrize("classes", [7, 19])
@@ -62,8 +63,11 @@ def test_class_count_picks_its_label_folder(city: Path, classes: int) -> None:
     assert depth.label_mask(y["depth"])[:, 0, :-1].all()
 
 
-def test_missing_label_folder_lists_the_ones_there(tmp_path: Path) -> None:
-    root = write_cityscapes(tmp_path / "c", label_dirs=("label",))  # LibMTL's name of the 7 classes
+def test_missing_label_folder_lists_the_ones_there(
+    tmp_path: Path, write_mtan_npy: Callable[..., Path]
+) -> None:
+    arrays = cityscapes_arrays(label_dirs=("label",))  # LibMTL's name of the 7 classes
+    root = write_mtan_npy(tmp_path / "c", arrays, COUNTS, SIZE, seed=1)
     with pytest.raises(DataError, match=r"train/label_7 \(the 7-class labels\) does not exist.*\['label'\]"):
         load_cityscapes(root, size=SIZE)
     splits = load_cityscapes(root, size=SIZE, label_dir="label")
@@ -87,16 +91,9 @@ def test_options_are_checked(city: Path) -> None:
         load_cityscapes(city, size=SIZE, val_fraction=1.0)
 
 
-def test_trains_through_fit_with_mtan(city: Path, tmp_path: Path) -> None:
+def test_trains_through_fit_with_mtan(city: Path, fit_dense: Callable[..., Any]) -> None:
     splits = load_cityscapes(city, size=SIZE, val_fraction=0.25)
-    torch.manual_seed(0)
-    trunk = create_trunk("resnet", depth=10, width=4, in_channels=3, output="map")
-    model = create_model("mtan", trunk, splits.tasks, example_input=splits.train.example())
-    settings = TrainSettings(
-        epochs=1, batch_size=3, lr=1e-3, device="cpu", progress=False, tensorboard=False,
-        eval_batch_size=3,
-    )
-    result = fit(model, splits, create_balancer("upgrad", splits.train.task_names), settings, tmp_path)
+    result = fit_dense(splits, "mtan", "upgrad", epochs=1, batch_size=3)
     assert result.epochs_run == 1
     assert 0.0 <= result.test["segmentation"]["pixel_accuracy"] <= 1.0
     assert result.test["depth"]["abs_error"] > 0.0

@@ -7,49 +7,50 @@ arrays, -1 and 0 as missing) and its error messages, which a few random arrays e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from polytask.balancing import create_balancer
 from polytask.data import available, load_dataset
 from polytask.data.base import DataError
 from polytask.data.loader import DatasetData
 from polytask.data.nyuv2 import load_nyuv2
-from polytask.models import create_model, create_trunk
-from polytask.training import TrainSettings, fit
 
 SIZE = (16, 24)
-FOLDERS = ("label", "depth", "normal")
 
 
-def write_nyuv2(root: Path, n_train: int = 10, n_val: int = 4, seed: int = 0) -> Path:
-    """Random arrays in MTAN's NYUv2 layout; depth has 0 and NaN pixels, normals a 0 pixel."""
-    rng = np.random.default_rng(seed)
-    h, w = SIZE
-    for split, n in (("train", n_train), ("val", n_val)):
-        for folder in ("image", *FOLDERS):
-            (root / split / folder).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            np.save(root / split / "image" / f"{i}.npy", rng.random((h, w, 3)).astype(np.float32))
-            label = rng.integers(-1, 13, (h, w)).astype(np.float32)  # floats on disk, as MTAN's
-            np.save(root / split / "label" / f"{i}.npy", label)
-            depth = rng.uniform(0.5, 10.0, (h, w, 1)).astype(np.float32)
-            depth[0, :3] = 0.0
-            depth[1, 0] = np.nan
-            np.save(root / split / "depth" / f"{i}.npy", depth)
-            v = rng.normal(size=(h, w, 3))
-            normal = (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)
-            normal[0, 0] = 0.0
-            np.save(root / split / "normal" / f"{i}.npy", normal)
-    return root
+def _depth(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Metres, with 0 (the sensor's missing value) and NaN pixels."""
+    depth = rng.uniform(0.5, 10.0, (h, w, 1)).astype(np.float32)
+    depth[0, :3] = 0.0
+    depth[1, 0] = np.nan
+    return depth
+
+
+def _normal(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Unit normals, channels last, with one all-zero (missing) pixel."""
+    v = rng.normal(size=(h, w, 3))
+    normal = (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)
+    normal[0, 0] = 0.0
+    return normal
+
+
+#: MTAN's NYUv2 folders; labels are floats on disk, as MTAN's are (-1: unlabelled pixel).
+NYUV2_ARRAYS = {
+    "image": lambda rng, h, w: rng.random((h, w, 3)).astype(np.float32),
+    "label": lambda rng, h, w: rng.integers(-1, 13, (h, w)).astype(np.float32),
+    "depth": _depth,
+    "normal": _normal,
+}
 
 
 @pytest.fixture
-def nyu(tmp_path: Path) -> Path:
-    return write_nyuv2(tmp_path / "nyuv2")
+def nyu(tmp_path: Path, write_mtan_npy: Callable[..., Path]) -> Path:
+    return write_mtan_npy(tmp_path / "nyuv2", NYUV2_ARRAYS, {"train": 10, "val": 4}, SIZE, seed=0)
 
 
 def test_registered_and_read_per_item_with_the_files_values(nyu: Path) -> None:
@@ -153,16 +154,9 @@ def test_negative_depth_and_nan_image_are_refused_naming_the_file(nyu: Path) -> 
         list(splits.test.batches(4))
 
 
-def test_trains_through_fit_in_seconds(nyu: Path, tmp_path: Path) -> None:
+def test_trains_through_fit_in_seconds(nyu: Path, fit_dense: Callable[..., Any]) -> None:
     splits = load_nyuv2(nyu, size=SIZE, val_fraction=0.2)
-    torch.manual_seed(0)
-    trunk = create_trunk("resnet", depth=10, width=4, in_channels=3, output="map")
-    model = create_model("hard_sharing", trunk, splits.tasks, example_input=splits.train.example())
-    settings = TrainSettings(
-        epochs=2, batch_size=4, lr=1e-3, device="cpu", progress=False, tensorboard=False,
-        eval_batch_size=4,
-    )
-    result = fit(model, splits, create_balancer("dwa", splits.train.task_names), settings, tmp_path)
+    result = fit_dense(splits, "hard_sharing", "dwa", epochs=2, batch_size=4)
     assert result.epochs_run == 2
     for split in (result.val, result.test):
         assert 0.0 <= split["segmentation"]["miou"] <= 1.0

@@ -1,4 +1,5 @@
-"""HardSharing head kinds: per-task linear heads, or a shared map with per-task offset/scale."""
+"""HardSharing head kinds: per-task linear heads, or a shared map with per-task offset/scale; the
+token head's reading of a sequence trunk's summary (CLS) position."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from torch import nn
 
 from polytask.models import MLP, HardSharing, create_model
 from polytask.models.base import TaskOffset
+from polytask.models.features import FeatureSpec
+from polytask.models.heads import make_task_head
 from polytask.tasks import Task
 
 
@@ -58,3 +61,24 @@ def test_shared_heads_are_refused_where_they_cannot_apply() -> None:
     own = [Task("a", "regression"), Task("b", "regression", head=lambda d: nn.Linear(d, 1))]
     with pytest.raises(ValueError, match="bring their own"):
         HardSharing(MLP(4, hidden=[8]), own, head="shared_affine")
+
+
+def test_token_head_skips_the_summary_positions_a_trunk_declares() -> None:
+    tags = Task("tags", "token_classification", num_classes=3)
+    features = torch.randn(2, 6, 8)
+    plain = make_task_head(tags, FeatureSpec("sequence", 8))
+    assert plain(features).shape == (2, 6, 3)  # no summary position: every position a token
+    spec = FeatureSpec("sequence", 8, pooling="cls", summary_positions=1)
+    skipping = make_task_head(tags, spec)
+    skipping.load_state_dict(plain.state_dict())
+    assert torch.equal(skipping(features), plain(features)[:, 1:])  # position 0 is the CLS
+    # a sequence-level task on the same features reads the CLS position itself
+    topic = make_task_head(Task("topic", "text_classification", num_classes=4), spec)
+    assert torch.equal(topic(features), topic.linear(features[:, 0]))
+
+
+def test_summary_positions_belong_to_sequences_and_are_counted_from_zero() -> None:
+    with pytest.raises(ValueError, match="summary_positions"):
+        FeatureSpec("map", 8, summary_positions=1)
+    with pytest.raises(ValueError, match="summary_positions"):
+        FeatureSpec("sequence", 8, summary_positions=-1)

@@ -28,7 +28,9 @@ def test_output_is_cls_plus_tokens_with_padding_exactly_zero() -> None:
     out = trunk(IDS)
     assert out.shape == (3, 7, 16)
     spec = trunk.feature_spec
-    assert (spec.kind, spec.channels, spec.pooling) == ("sequence", 16, "cls")
+    assert (spec.kind, spec.channels, spec.pooling, spec.summary_positions) == (
+        "sequence", 16, "cls", 1
+    )
     spec.check(out)
     expected_pad = torch.cat([torch.zeros(3, 1, dtype=torch.bool), IDS == 0], dim=1)
     assert torch.equal(padding_mask(out), expected_pad)

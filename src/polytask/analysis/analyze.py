@@ -40,16 +40,20 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
 from polytask.analysis.cluster import cluster_tasks, symmetrize
 from polytask.analysis.relations import FILE_NAME, Relations, read_relations
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 __all__ = [
     "ANALYSIS_FILE",
     "AnalyzeError",
+    "RelationsTraining",
     "RunAnalysis",
     "analyze",
     "analyze_config",
@@ -83,23 +87,29 @@ class RunAnalysis:
         return self.run_dir / ANALYSIS_FILE
 
 
+class RelationsTraining(TypedDict, total=False):
+    """How :func:`analyze_config` trains a config first; a run or experiment directory uses none.
+
+    One declaration of these options for :func:`analyze` and :func:`analyze_config` alike:
+    ``out`` the run directory (default ``<output_dir>/<name>-relations``), ``epochs`` shortens
+    training, ``overwrite`` starts a run directory that holds runs over, ``log`` takes progress.
+    """
+
+    out: Path | None
+    epochs: int | None
+    overwrite: bool
+    log: Callable[[str], None]
+
+
 def analyze(
-    target: str | Path,
-    *,
-    threshold: float = 0.0,
-    out: Path | None = None,
-    epochs: int | None = None,
-    overwrite: bool = False,
-    log: Callable[[str], None] = print,
+    target: str | Path, *, threshold: float = 0.0, **options: Unpack[RelationsTraining]
 ) -> list[RunAnalysis]:
     """Analyse a run directory, an experiment directory, or a config (trained first)."""
     path = Path(target)
     if path.is_dir():
         return analyze_directory(path, threshold=threshold)
     if path.is_file() and path.suffix in (".yaml", ".yml"):
-        return analyze_config(
-            path, threshold=threshold, out=out, epochs=epochs, overwrite=overwrite, log=log
-        )
+        return analyze_config(path, threshold=threshold, **options)
     raise AnalyzeError(
         f"{path} is neither a run directory, an experiment directory nor a YAML config"
         + ("" if path.exists() else " (it does not exist)")
@@ -147,23 +157,20 @@ def analyze_run(run_dir: str | Path, *, threshold: float = 0.0) -> RunAnalysis:
 
 
 def analyze_config(
-    config_path: str | Path,
-    *,
-    threshold: float = 0.0,
-    out: Path | None = None,
-    epochs: int | None = None,
-    overwrite: bool = False,
-    log: Callable[[str], None] = print,
+    config_path: str | Path, *, threshold: float = 0.0, **options: Unpack[RelationsTraining]
 ) -> list[RunAnalysis]:
     """Train ``config_path`` with relations recorded, then analyse the run.
 
     Honors the config's data, model, training settings and ``training.relations`` (defaults when
     unset); trains its first model with its first balancer on its first seed, without single-task
-    baselines. ``epochs`` shortens training. A config with one task is refused before training.
+    baselines. ``options`` (:class:`RelationsTraining`): ``epochs`` shortens training. A config
+    with one task is refused before training.
     """
     from polytask.config import RelationsConfig, load_config
     from polytask.experiment import load_sources, planned_run_dirs, run_experiment
 
+    out, epochs = options.get("out"), options.get("epochs")
+    overwrite, log = options.get("overwrite", False), options.get("log", print)
     config = load_config(config_path)
     training = config.training.model_copy(
         update={

@@ -17,6 +17,13 @@ inter-task affinity onto a task"); a task alone counts 0 (no transfer, no interf
 not the sum, keeps a big group from scoring well by size alone; ``group_cost`` charges each extra
 model (training and serving cost) in the affinity's own units, and ``max_groups`` caps the count.
 
+Which epochs: :func:`search_affinity` reads a run's ``relations.json`` for the search, averaging
+the second half of the recorded epochs. Early in training every task's gradient carries the same
+"fit anything" component (output biases, the label means, the first features any task needs),
+which makes all pairs look alike and drowns the differences that decide a grouping; on a data set
+with a known grouping (``benchmarks/grouping_known.py``, docs/relationships.md) the second half
+found it on 5 of 6 runs, all epochs on 3 of 6.
+
 Search: exact over every partition (restricted-growth strings; Bell(T) partitions: 21,147 for
 T = 9, vectorised) up to ``exact_limit`` tasks, else a beam search that places the tasks one at a
 time into an existing group or a new one, keeping the ``beam_width`` best partial partitions.
@@ -31,12 +38,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from polytask.analysis.relations import Relations
+
 __all__ = [
     "GroupingError",
     "Partition",
     "beam_search",
     "exact_search",
+    "late_epochs",
     "partition_score",
+    "search_affinity",
     "search_groupings",
 ]
 
@@ -84,6 +95,21 @@ def _checked(tasks: Sequence[str], affinity: np.ndarray) -> np.ndarray:
     a = a.copy()
     np.fill_diagonal(a, 0.0)
     return a
+
+
+def late_epochs(recorded: int) -> slice:
+    """The second half of ``recorded`` epochs, by position: the middle one included, never empty."""
+    if recorded < 1:
+        raise GroupingError("no recorded epoch: the run finished no epoch with relations on")
+    return slice(recorded // 2, None)
+
+
+def search_affinity(relations: Relations, measure: str) -> tuple[list[str], np.ndarray]:
+    """``(tasks, [T, T])``: ``measure`` averaged over the second half of the recorded epochs.
+
+    What the grouping search should read (see the module docstring for why not all epochs).
+    """
+    return relations.affinity(measure, late_epochs(len(relations.epochs)))
 
 
 def _check_settings(n: int, k: int, max_groups: int | None, group_cost: float) -> None:

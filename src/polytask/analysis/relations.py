@@ -8,7 +8,7 @@ train on, at the current parameters, and measures (see ``docs/relationships.md``
 * ``grad_cosine``: cosine similarity of the per-task gradients, of the shared parameters or of the
   shared representation (``training.relations.gradients``; the JSON says which: ``space``);
 * ``conflict_frequency``: the fraction of recorded steps in which a pair's cosine was negative;
-* ``lookahead_affinity`` (every ``lookahead_every`` steps, default ``max(every, 20·T)``): TAG's inter-task affinity (Fifty et
+* ``lookahead_affinity`` (every ``lookahead_every`` steps, default ``max(every, 40·T)``): TAG's inter-task affinity (Fifty et
   al., NeurIPS 2021), *exact*: ``Z[i, j] = 1 - L_j(θ_s - lr·g_i) / L_j(θ_s)``, with ``g_i`` the
   gradient of task ``i``'s loss w.r.t. the shared parameters ``θ_s`` and ``lr`` the optimizer's
   current learning rate (a plain gradient step, whatever the optimizer): one extra forward per

@@ -96,7 +96,7 @@ class Advice:
     balancers: list[dict[str, Any]]
     configs: list[Path]
     final: list[dict[str, Any]]
-    budget_s: float
+    budget_s: float | None  # None: the quick choice (polytask fit's default) has no budget
     elapsed_s: float
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -168,11 +168,15 @@ class Advice:
         for f in self.final:
             how = "trained during the search" if f.get("reused") else "trained from it"
             lines.append(f"final model of {Path(f['config']).name} ({how}): {f['run_dir']}")
-        used = 100 * self.elapsed_s / self.budget_s
-        lines.append(
-            f"time: {format_seconds(self.elapsed_s)} of a {format_seconds(self.budget_s)} budget "
-            f"({used:.0f}%); details: {self.out_dir / ADVICE_FILE}"
-        )
+        if self.budget_s is None:
+            lines.append(f"time: {format_seconds(self.elapsed_s)} (the quick choice: no budget); "
+                         f"details: {self.out_dir / ADVICE_FILE}")
+        else:
+            used = 100 * self.elapsed_s / self.budget_s
+            lines.append(
+                f"time: {format_seconds(self.elapsed_s)} of a {format_seconds(self.budget_s)} "
+                f"budget ({used:.0f}%); details: {self.out_dir / ADVICE_FILE}"
+            )
         return "\n".join(lines)
 
 
@@ -271,7 +275,11 @@ def subset_config(
     c = problem.config
     data = c.data
     if len(group) < len(problem.names):
-        if data.table is not None:
+        if data.images is not None:  # the inputs are the images: only the labels change
+            data = data.model_copy(update={
+                "targets": list(group), "kinds": {k: v for k, v in data.kinds.items() if k in group},
+            })
+        elif data.table is not None:
             features = data.features or problem.splits.info.get("preprocessing", {}).get("features")
             if features is None:
                 raise AdviceError(

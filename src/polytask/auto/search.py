@@ -180,13 +180,18 @@ def _relations_settings(problem: Problem) -> RelationsConfig:
 
 
 def train_reference(
-    problem: Problem, seed: int, *, relations: bool, hp: HyperParams | None = None
+    problem: Problem, seed: int, *, relations: bool, hp: HyperParams | None = None,
+    run_dir: Path | None = None, resume: bool = False, overwrite: bool = True,
+    report: bool = False,
 ) -> tuple[Baselines, GroupRun]:
     """All tasks in one shared model plus the single-task baselines (cached), for ``seed``.
 
     With ``relations`` the shared model records the relationship measures (``relations.json`` in
     its run directory, what the grouping search reads). Uses ``run_experiment`` on the problem's
     splits, so the baselines are those every other run of the project gets for this data.
+    ``run_dir`` (default ``<advice>/search/reference-seed<seed>``), ``resume``, ``overwrite`` and
+    ``report`` are ``run_experiment``'s: the quick advice writes its reference where ``polytask
+    fit`` writes its runs, with the same guard against overwriting them.
     """
     c = problem.config
     training = (hp.training(c.training) if hp else c.training).model_copy(
@@ -198,9 +203,10 @@ def train_reference(
         "balancers": [c.balancers[0].model_copy(update={"name": hp.balancer if hp else "equal",
                                                           "label": None, "options": {}})],
     })
-    out = problem.out_dir / "search" / f"reference-seed{seed}"
+    out = run_dir if run_dir is not None else problem.out_dir / "search" / f"reference-seed{seed}"
     result = run_experiment(
-        config, out, log=problem.log, splits_override=problem.splits, report=False, overwrite=True
+        config, out, log=problem.log, splits_override=problem.splits, report=report,
+        resume=resume, overwrite=overwrite,
     )
     stl = {r.label.removeprefix("stl:"): r for r in result.runs if r.kind == "stl"}
     baselines = Baselines(

@@ -56,6 +56,8 @@ __all__ = [
     "SEED_KEY",
     "averaged_keys",
     "client_app",
+    "evaluation_record",
+    "local_train",
     "metric_names",
     "remember_federation",
     "scaled_tasks",

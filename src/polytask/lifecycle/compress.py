@@ -8,7 +8,8 @@ after, the model's size on disk and its CPU latency per batch, with the most-hur
 
 The recipe, in order (each step optional):
 
-1. **Prune** the trunk (``model.shared_modules()``: the parameters every task reads) with
+1. **Prune** the trunk (``model.shared_modules()``: the parameters every task reads; for
+   Cross-stitch, whose trunk is one column per task, the columns: :func:`trunk_modules`) with
    ``torch.nn.utils.prune``: L1 unstructured (that fraction of each layer's weights with the
    smallest magnitude) or, with ``structured``, L2 structured on output channels (whole rows of a
    Linear, whole filters of a convolution). Every Linear and Conv layer of the trunk is pruned by
@@ -65,6 +66,7 @@ __all__ = [
     "prune_trunk",
     "quantize_int8",
     "serialized_bytes",
+    "trunk_modules",
     "trunk_sparsity",
 ]
 
@@ -95,11 +97,27 @@ def check_prune_amount(amount: Any) -> float:
     return float(amount)
 
 
+def trunk_modules(model: MultiTaskModel) -> list[nn.Module]:
+    """The modules holding the trunk: the shared modules, and Cross-stitch's task columns.
+
+    Why the columns: a Cross-stitch model copies the whole trunk once per task (its shared part is
+    only the input pre-processing and the mixing units), so its trunk *is* the columns; pruning
+    only shared modules would find no layer there. Every other architecture keeps its trunk (or
+    its experts) in its shared modules; task heads and gates are never pruned.
+    """
+    from polytask.models.cross_stitch import CrossStitch
+
+    modules = list(model.shared_modules())
+    if isinstance(model, CrossStitch):
+        modules += [model.columns[name] for name in model.task_names]
+    return modules
+
+
 def prunable_layers(model: MultiTaskModel) -> list[tuple[str, nn.Module]]:
-    """The trunk's Linear and Conv layers (in ``shared_modules()``), named as in the model."""
+    """The trunk's Linear and Conv layers (:func:`trunk_modules`), named as in the model."""
     names = {id(m): n for n, m in model.named_modules()}
     layers: list[tuple[str, nn.Module]] = []
-    for shared in model.shared_modules():
+    for shared in trunk_modules(model):
         for module in shared.modules():
             if isinstance(module, PRUNABLE) and id(module) in names:
                 layers.append((names[id(module)], module))
@@ -118,7 +136,7 @@ def prune_trunk(model: MultiTaskModel, amount: float, structured: bool = False) 
     if not layers:
         raise ValueError(
             f"{type(model).__name__}'s trunk has no Linear or Conv layer to prune "
-            f"(shared modules: {[type(m).__name__ for m in model.shared_modules()]})"
+            f"(trunk modules: {[type(m).__name__ for m in trunk_modules(model)]})"
         )
     for _, module in layers:
         if structured:

@@ -38,7 +38,8 @@ from polytask.data.batch import Inputs
 from polytask.evaluation.metrics import predict_outputs
 from polytask.experiment import load_data
 from polytask.inference import load_run
-from polytask.lifecycle._run import check_run_dir, load_run_model
+from polytask.lifecycle._run import RunModel, check_run_dir, load_run_model
+from polytask.lifecycle._table import markdown_table
 from polytask.models.base import MultiTaskModel
 from polytask.tasks import Task
 
@@ -47,6 +48,7 @@ __all__ = [
     "EnsembleResult",
     "RunEnsemble",
     "build_ensemble",
+    "check_averageable",
     "greedy_weights",
     "member_prediction",
     "score_prediction",
@@ -68,16 +70,27 @@ def member_prediction(task: Task, output: Tensor) -> Tensor:
     Computed in the output's dtype (as the member itself reports them), then widened to float64
     so that averaging adds no rounding of its own.
     """
-    kind = task.kind.value
-    if kind not in _SUPPORTED:
-        raise EnsembleError(
-            f"task {task.name!r}: kind {kind} cannot be averaged; ensembles support {_SUPPORTED}"
-        )
+    kind = check_averageable(task)
     if kind == "multiclass":
         return torch.softmax(output, dim=-1).double()
     if kind == "multilabel":
         return torch.sigmoid(output).double()
     return task.predict(output).double()
+
+
+def check_averageable(task: Task) -> str:
+    """The task's kind, or an error naming the task and its kind if members cannot be averaged.
+
+    Why dense, token and detection kinds are refused: their outputs are maps, sequences or sets of
+    boxes whose average is not a prediction of that kind (boxes of different members do not
+    correspond), and their metrics are not computed from one averaged tensor here.
+    """
+    kind = task.kind.value
+    if kind not in _SUPPORTED:
+        raise EnsembleError(
+            f"task {task.name!r}: kind {kind} cannot be averaged; ensembles support {_SUPPORTED}"
+        )
+    return kind
 
 
 def _to_output(task: Task, pred: Tensor) -> Tensor:
@@ -168,6 +181,8 @@ def check_compatible(run_dirs: Sequence[Path]) -> None:
     for p in run_dirs:
         check_run_dir(p)
     first = load_run(run_dirs[0])
+    for t in first.tasks:  # before any model is built or any data read
+        check_averageable(t)
     ref_tasks = [(t.name, t.kind.value, t.output_dim) for t in first.tasks]
     ref_data = _flat(first.config.data.model_dump(mode="json", exclude={"split_seed"}))
     ref_split = _split_seed(first.config.data.split_seed, first.seed)
@@ -191,6 +206,15 @@ def check_compatible(run_dirs: Sequence[Path]) -> None:
                 f"{split}; members would be scored on rows others trained on. Train the seeds "
                 "with a fixed data.split_seed"
             )
+
+
+def _load_members(runs: Sequence[Path], splits: Splits | None) -> tuple[Splits, list[RunModel]]:
+    """Check the runs describe one problem, then load their data once and every selected model."""
+    check_compatible(runs)
+    if splits is None:
+        first = load_run(runs[0])
+        splits = load_data(first.config, first.seed)
+    return splits, [load_run_model(p, splits=splits) for p in runs]
 
 
 def _split_seed(split_seed: int | None, seed: int) -> int:
@@ -278,11 +302,7 @@ class RunEnsemble:
         missing = [str(p) for p in runs if not p.is_dir()]
         if missing:
             raise FileNotFoundError(f"{path}: member run(s) {missing} no longer exist")
-        check_compatible(runs)
-        if splits is None:
-            first = load_run(runs[0])
-            splits = load_data(first.config, first.seed)
-        loaded = [load_run_model(p, splits=splits) for p in runs]
+        _, loaded = _load_members(runs, splits)
         tasks = loaded[0].run.tasks
         if [t.name for t in tasks] != payload["tasks"]:
             raise EnsembleError(
@@ -301,19 +321,15 @@ class EnsembleResult:
     members: list[str] = field(default_factory=list)
 
     def table(self) -> str:
-        lines = [
-            "| task | metric | best member (by val) | member val | member test | uniform val "
-            "| uniform test | ensemble val | ensemble test | weights |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in self.rows:
-            w = " ".join(f"{x:.2f}" for x in r["weights"])
-            lines.append(
-                f"| {r['task']} | {r['metric']} | {r['best_member']} | {r['member_val']:.4f} | "
-                f"{r['member_test']:.4f} | {r['uniform_val']:.4f} | {r['uniform_test']:.4f} | "
-                f"{r['ensemble_val']:.4f} | {r['ensemble_test']:.4f} | {w} |"
-            )
-        return "\n".join(lines)
+        header = ["task", "metric", "best member (by val)", "member val", "member test",
+                  "uniform val", "uniform test", "ensemble val", "ensemble test", "weights"]  # fmt: skip
+        figures = ("member_val", "member_test", "uniform_val", "uniform_test", "ensemble_val",
+                   "ensemble_test")  # fmt: skip
+        return markdown_table(header, (
+            [r["task"], r["metric"], r["best_member"], *(f"{r[k]:.4f}" for k in figures),
+             " ".join(f"{x:.2f}" for x in r["weights"])]
+            for r in self.rows
+        ))  # fmt: skip
 
 
 def build_ensemble(
@@ -336,11 +352,7 @@ def build_ensemble(
     if method not in ("greedy", "mean"):
         raise EnsembleError(f"method must be 'greedy' or 'mean', got {method!r}")
     runs = [Path(p) for p in run_dirs]
-    check_compatible(runs)
-    if splits is None:
-        first = load_run(runs[0])
-        splits = load_data(first.config, first.seed)
-    loaded = [load_run_model(p, splits=splits) for p in runs]
+    splits, loaded = _load_members(runs, splits)
     tasks = loaded[0].run.tasks
     labels = [_label(p) for p in runs]
     uniform = [1.0 / len(runs)] * len(runs)

@@ -33,7 +33,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +46,7 @@ from polytask.evaluation.metrics import evaluate
 from polytask.experiment import build_model, load_data, load_sources, run_experiment
 from polytask.experiment import train_source as make_train_source
 from polytask.lifecycle._run import load_run_model
+from polytask.lifecycle._table import markdown_table
 from polytask.models.base import MultiTaskModel
 from polytask.models.freeze import stage_modules, unfreeze_stages
 from polytask.models.heads import HeadError
@@ -57,9 +58,11 @@ __all__ = [
     "MODES",
     "ExtendError",
     "ExtendResult",
+    "GrowsWithTasks",
     "TaskView",
     "check_new_tasks",
     "extend_run",
+    "extension_options",
     "transplant_weights",
 ]
 
@@ -74,6 +77,28 @@ _RECIPE_KEYS = ("kind", "radius", "n_bits", "descriptors")
 
 class ExtendError(ValueError):
     """A new task or its data that cannot be added to this run; the message says what and where."""
+
+
+@runtime_checkable
+class GrowsWithTasks(Protocol):
+    """An architecture that gives every task a path of its own through a shared part sized by the
+    number of tasks (Cross-stitch: a column and a row of every unit; CGC / PLE: task experts and
+    gates read by shared gates).
+
+    Built with ``added_tasks=K`` (a model option), its last ``K`` tasks are the added ones and its
+    shared tensors keep the trained shapes, so the trained tensors drop in unchanged;
+    ``start_added_tasks(source)`` then starts the added tasks as copies of trained task
+    ``source``'s path and returns the keys of shared tensors that exist for them only.
+    """
+
+    added_tasks: int
+
+    def start_added_tasks(self, source: str) -> list[str]: ...
+
+
+def extension_options(model: MultiTaskModel, new_tasks: int) -> dict[str, Any]:
+    """The model options that rebuild ``model``'s architecture with ``new_tasks`` more tasks."""
+    return {"added_tasks": new_tasks} if isinstance(model, GrowsWithTasks) else {}
 
 
 class TaskView(MultiTaskModel):
@@ -124,20 +149,15 @@ class ExtendResult:
 
     def table(self) -> str:
         """Markdown: old tasks before -> after (forgetting), new tasks extended vs from scratch."""
-        lines = [
-            "| task | group | metric | val: reference | val: extended | test: reference "
-            "| test: extended | test change |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for r in self.rows:
-            ref = "before" if r["group"] == "old" else "scratch"
-            change = r["test_extended"] - r["test_reference"]
-            lines.append(
-                f"| {r['task']} | {r['group']} (vs {ref}) | {r['metric']} | "
-                f"{_fmt(r['val_reference'])} | {_fmt(r['val_extended'])} | "
-                f"{_fmt(r['test_reference'])} | {_fmt(r['test_extended'])} | {change:+.4f} |"
-            )
-        return "\n".join(lines)
+        header = ["task", "group", "metric", "val: reference", "val: extended",
+                  "test: reference", "test: extended", "test change"]  # fmt: skip
+        return markdown_table(header, (
+            [r["task"], f"{r['group']} (vs {'before' if r['group'] == 'old' else 'scratch'})",
+             r["metric"], _fmt(r["val_reference"]), _fmt(r["val_extended"]),
+             _fmt(r["test_reference"]), _fmt(r["test_extended"]),
+             f"{r['test_extended'] - r['test_reference']:+.4f}"]
+            for r in self.rows
+        ))  # fmt: skip
 
 
 def _fmt(value: float) -> str:
@@ -253,12 +273,19 @@ def _module_keys(model: nn.Module, modules: Sequence[nn.Module]) -> set[str]:
 
 
 def transplant_weights(
-    extended: MultiTaskModel, old: MultiTaskModel, new_names: Sequence[str], dropped: set[str]
+    extended: MultiTaskModel,
+    old: MultiTaskModel,
+    new_names: Sequence[str],
+    dropped: set[str],
+    source: str | None = None,
 ) -> None:
     """Copy every trained tensor of ``old`` into ``extended``; only the new tasks' stay fresh.
 
-    Refuses an architecture whose shared tensors change shape with the number of tasks (the
-    trunk would not be the trained one), naming the tensor.
+    An architecture that grows with its tasks (:class:`GrowsWithTasks`, built with
+    :func:`extension_options`) then starts the new tasks' paths from trained task ``source``'s
+    (default: the first kept old task). Refuses a shared tensor whose shape changed with the
+    number of tasks (the trunk would not be the trained one) and an untrained tensor that belongs
+    to no new task, naming the tensor.
     """
     own, theirs = extended.state_dict(), old.state_dict()
     dropped_keys = _module_keys(old, [m for t in dropped for m in old.task_modules(t)])
@@ -272,20 +299,33 @@ def transplant_weights(
                 f"{arch}: the trained tensor {key!r} has no place in the extended model"
             )
         if tuple(own[key].shape) != tuple(value.shape):
+            why = (
+                f"replacing {sorted(dropped)} would remove a path the other tasks read through "
+                "it; give the new task another name instead of --replace"
+                if dropped
+                else "this architecture's shared part depends on the number of tasks, so it "
+                "cannot be extended in place"
+            )
             raise ExtendError(
                 f"{arch}: tensor {key!r} has shape {tuple(value.shape)} in the trained model and "
-                f"{tuple(own[key].shape)} with the new tasks; this architecture's shared part "
-                "depends on the number of tasks, so it cannot be extended in place"
+                f"{tuple(own[key].shape)} with the new tasks; {why}"
             )
         own[key] = value
+    extended.load_state_dict(own)
+    started: list[str] = []
+    if isinstance(extended, GrowsWithTasks) and extended.added_tasks:
+        kept = [t for t in old.task_names if t not in dropped]
+        source = source if source is not None else kept[0]
+        if source not in kept:
+            raise ExtendError(f"{arch}: init_from task {source!r} is not a kept old task {kept}")
+        started = extended.start_added_tasks(source)
     untrained = sorted(k for k in own if k not in theirs or k in dropped_keys)
-    stray = [k for k in untrained if k not in fresh]
+    stray = [k for k in untrained if k not in fresh and k not in started]
     if stray:
         raise ExtendError(
             f"{arch}: tensors {stray[:3]} of the extended model belong to no new task and have no "
             "trained value; this architecture cannot be extended in place"
         )
-    extended.load_state_dict(own)
 
 
 def _set_trainable(
@@ -301,34 +341,45 @@ def _set_trainable(
         for module in model.shared_modules():
             module.requires_grad_(True)
     elif trunk == "last":
-        body = getattr(model, "trunk", None)
-        if body is None or stage_modules(body) is None:
-            raise ExtendError(
-                f"mode partial unfreezes the trunk's last stages; {type(model).__name__} has "
-                f"{'no trunk' if body is None else type(body).__name__ + ' without stages'}; "
-                "use --mode frozen or finetune"
-            )
-        count = len(stage_modules(body) or [])
-        if not 1 <= stages <= count:
-            raise ExtendError(f"partial: {stages} stage(s) asked, the trunk has {count}")
-        unfreeze_stages(body, list(range(-stages, 0)))
+        unfreeze_stages(_staged_trunk(model, stages), list(range(-stages, 0)))
+
+
+def _staged_trunk(model: MultiTaskModel, stages: int) -> nn.Module:
+    """The one trunk whose last ``stages`` stages ``partial`` unfreezes, or why there is none."""
+    body = getattr(model, "trunk", None)
+    if body is None or stage_modules(body) is None:
+        raise ExtendError(
+            f"mode partial unfreezes the trunk's last stages; {type(model).__name__} has "
+            f"{'no trunk' if body is None else type(body).__name__ + ' without stages'}; "
+            "use --mode frozen or finetune"
+        )
+    count = len(stage_modules(body) or [])
+    if not 1 <= stages <= count:
+        raise ExtendError(f"partial: {stages} stage(s) asked, the trunk has {count}")
+    return body
 
 
 # ---------------------------------------------------------------------------------- configs
 def _extended_config(
-    run_config: ExperimentConfig, new: ExperimentConfig, old_tasks: list[str]
+    run_config: ExperimentConfig,
+    new: ExperimentConfig,
+    old_tasks: list[str],
+    model_options: dict[str, Any],
 ) -> ExperimentConfig:
-    """The extended run's config: old and new data as two sources, the run's model."""
+    """The extended run's config: old and new data as two sources, the run's model (with the
+    options that size it for the added tasks, :func:`extension_options`)."""
     assert run_config.data.dataset is not None and new.data.dataset is not None
     base = {"dataset": run_config.data.dataset, "name": "base",
             "options": dict(run_config.data.options), "tasks": old_tasks}  # fmt: skip
     added = {"dataset": new.data.dataset, "name": "added", "options": dict(new.data.options)}
     raw = run_config.model_dump(mode="json", exclude_none=True)
     raw.pop("models", None)
+    model = run_config.model_list[0].model_dump(mode="json")
+    model["options"] = {**model.get("options", {}), **model_options}
     raw.update(
         name=f"{run_config.name}+{new.name}",
         data={"sources": [base, added], "split_seed": run_config.data.split_seed},
-        model=run_config.model_list[0].model_dump(mode="json"),
+        model=model,
         training=new.training.model_dump(mode="json", exclude_none=True),
         balancers=[new.balancers[0].model_dump(mode="json", exclude_none=True)],
         baselines={"stl": False},
@@ -398,6 +449,7 @@ def extend_run(
     stages: int = 1,
     lr_scale: float = 0.1,
     scratch: bool = True,
+    init_from: str | None = None,
     log: Callable[[str], None] = print,
 ) -> ExtendResult:
     """Add the tasks of ``new_config``'s data to the trained run ``run_dir``; write ``out_dir``.
@@ -415,6 +467,10 @@ def extend_run(
         replace: allow new tasks named like old ones: their old heads are dropped and retrained.
         scratch: also train (or read from the cache) a fresh model on the new tasks only, the
             reference the new tasks' metrics are compared with.
+        init_from: for architectures that give each task its own path (cross_stitch, cgc, ple),
+            the old task whose path (column, or experts and gates) the new tasks start from
+            (default: the first old task); refused for the others, where a new task brings
+            only a head or a gate.
     """
     if mode not in MODES:
         raise ExtendError(f"unknown mode {mode!r}; expected one of {list(MODES)}")
@@ -453,7 +509,19 @@ def extend_run(
     )
     dropped = {t.name for t in new_tasks} & set(old_model.task_names)
     kept_old = [t for t in run.tasks if t.name not in dropped]
-    ext_config = _extended_config(run.config, new, [t.name for t in kept_old])
+    grows = isinstance(old_model, GrowsWithTasks)
+    if init_from is not None and not grows:
+        raise ExtendError(
+            f"init_from applies to architectures that give each task its own path (cross_stitch, "
+            f"cgc, ple); in {type(old_model).__name__} a new task starts from a fresh head"
+        )
+    if init_from is not None and init_from not in [t.name for t in kept_old]:
+        raise ExtendError(
+            f"init_from {init_from!r} is not an old task kept in the extended model "
+            f"{[t.name for t in kept_old]}"
+        )
+    options = extension_options(old_model, len(new_tasks))
+    ext_config = _extended_config(run.config, new, [t.name for t in kept_old], options)
     all_tasks = kept_old + new_tasks
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -464,7 +532,11 @@ def extend_run(
         except HeadError as err:
             raise ExtendError(f"the trunk cannot feed a new task: {err}") from None
     new_names = [t.name for t in new_tasks]
-    transplant_weights(model, old_model, new_names, dropped)
+    if mode == "partial":
+        _staged_trunk(model, stages)  # refused before anything trains
+    if grows:
+        log(f"new tasks start from old task {init_from or kept_old[0].name!r}'s path")
+    transplant_weights(model, old_model, new_names, dropped, init_from)
 
     settings = ext_config.training.settings(seed, balancer=new.balancers[0].name,
                                             architecture=ext_config.model_list[0].architecture)  # fmt: skip

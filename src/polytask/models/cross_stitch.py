@@ -22,10 +22,23 @@ shared representation: ``supports_representation_grad = False``. In the Jacobian
 the balancer decides the update of the units; each column receives the gradient of the *sum* of the
 present losses (the engine's rule for non-shared parameters), which includes the other tasks' losses
 reaching it through the units. ``mixing_matrices()`` returns the current ``α`` of every unit.
+
+Tasks added to a trained model (``added_tasks``, used by :mod:`polytask.lifecycle.extend`)
+    The last ``added_tasks`` tasks were added after training. Each unit then keeps the trained
+    ``T0 x T0`` block as its ``weight`` and computes the old tasks' mixtures from the old columns
+    first, exactly as before, then adds ``to_added`` (``T0 x K``: how much each old task reads the
+    new columns; shared, zero when the tasks are added), so the old tasks' outputs stay bit for bit
+    what they were until ``to_added`` moves. An added task's row of every unit (its mixture over
+    all ``T`` columns) lives in ``added_rows[task]`` and belongs to that task, like its column: in
+    the ``frozen`` extension only the added tasks' columns, rows and heads train.
+    :meth:`CrossStitch.start_added_tasks` starts each added task as a copy of one trained task's
+    path (its column, and its rows with the self weight moved onto the new column), so the new
+    task's features at the start equal that task's features.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -40,26 +53,59 @@ from polytask.tasks import Task
 __all__ = ["CrossStitch", "CrossStitchUnit"]
 
 
+def _stitch_init(num_tasks: int, self_weight: float) -> Tensor:
+    """``self_weight`` on the diagonal, the rest of each row spread evenly over the other tasks."""
+    if num_tasks == 1:
+        return torch.ones(1, 1)
+    init = torch.full((num_tasks, num_tasks), (1.0 - self_weight) / (num_tasks - 1))
+    return init.fill_diagonal_(self_weight)
+
+
+def _mix(weight: Tensor, feats: Sequence[Tensor]) -> Tensor:
+    stacked = torch.stack(list(feats), dim=1)  # [B, S, ...]
+    return torch.einsum("ts,bs...->bt...", weight.to(stacked.dtype), stacked)
+
+
 class CrossStitchUnit(nn.Module):
-    """``out[t] = Σ_s weight[t, s] · feats[s]`` over the tasks' features of one stage."""
+    """``out[t] = Σ_s weight[t, s] · feats[s]`` over the tasks' features of one stage.
 
-    def __init__(self, num_tasks: int, self_weight: float = 0.9) -> None:
+    With ``added > 0`` the last ``added`` tasks came later: ``weight`` is the old tasks' block,
+    ``to_added`` (zeros) their weights on the added columns, and the added tasks' rows come in
+    with each call (they belong to those tasks, see the module docstring).
+    """
+
+    def __init__(self, num_tasks: int, self_weight: float = 0.9, added: int = 0) -> None:
         super().__init__()
-        if num_tasks == 1:
-            init = torch.ones(1, 1)
-        else:
-            init = torch.full((num_tasks, num_tasks), (1.0 - self_weight) / (num_tasks - 1))
-            init.fill_diagonal_(self_weight)
-        self.weight = nn.Parameter(init)
+        base = num_tasks - added
+        self.weight = nn.Parameter(_stitch_init(base, self_weight))
+        self.to_added = nn.Parameter(torch.zeros(base, added)) if added else None
 
-    def forward(self, feats: list[Tensor]) -> list[Tensor]:
-        stacked = torch.stack(feats, dim=1)  # [B, T, ...]
-        mixed = torch.einsum("ts,bs...->bt...", self.weight.to(stacked.dtype), stacked)
-        return list(mixed.unbind(dim=1))
+    def forward(self, feats: list[Tensor], added_rows: Tensor | None = None) -> list[Tensor]:
+        if self.to_added is None:
+            return list(_mix(self.weight, feats).unbind(dim=1))
+        if added_rows is None:
+            raise ValueError("a unit with added tasks needs their rows (added_rows)")
+        base = self.weight.shape[0]
+        # the old tasks' mixture first, computed exactly as before the tasks were added
+        old = _mix(self.weight, feats[:base]) + _mix(self.to_added, feats[base:])
+        new = _mix(added_rows, feats)
+        return list(torch.cat([old, new], dim=1).unbind(dim=1))
+
+
+class _TaskRows(nn.Module):
+    """An added task's row of every cross-stitch unit: ``weight[j]`` mixes the columns at stage j."""
+
+    def __init__(self, rows: Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(rows)
 
 
 class CrossStitch(MultiTaskModel):
-    """One trunk column per task, linked by cross-stitch units after every stage."""
+    """One trunk column per task, linked by cross-stitch units after every stage.
+
+    ``added_tasks``: how many of the last tasks were added to a trained model (see the module
+    docstring); 0 for a model trained with all its tasks from the start.
+    """
 
     supports_representation_grad = False
 
@@ -70,6 +116,7 @@ class CrossStitch(MultiTaskModel):
         *,
         self_weight: float = 0.9,
         reinit_columns: bool = False,
+        added_tasks: int = 0,
         example_input: Inputs | None = None,
     ) -> None:
         super().__init__()
@@ -77,7 +124,13 @@ class CrossStitch(MultiTaskModel):
             raise ValueError("a multi-task model needs at least one task")
         if not 0.0 <= self_weight <= 1.0:
             raise ValueError(f"cross_stitch: self_weight must be in [0, 1], got {self_weight}")
+        if not 0 <= added_tasks < len(tasks):
+            raise ValueError(
+                f"cross_stitch: added_tasks must be in [0, {len(tasks) - 1}] for {len(tasks)} "
+                f"tasks (at least one task was trained first), got {added_tasks}"
+            )
         self.tasks = list(tasks)
+        self.added_tasks = int(added_tasks)
         ex = example_batch(trunk, example_input, "cross_stitch")
         prep, stages, feats = staged_parts(trunk, "cross_stitch", ex)
         self.prep = prep
@@ -88,7 +141,16 @@ class CrossStitch(MultiTaskModel):
             }
         )
         self.units = nn.ModuleList(
-            CrossStitchUnit(len(self.tasks), self_weight) for _ in range(len(stages))
+            CrossStitchUnit(len(self.tasks), self_weight, self.added_tasks)
+            for _ in range(len(stages))
+        )
+        full = _stitch_init(len(self.tasks), self_weight)
+        base = len(self.tasks) - self.added_tasks
+        self.added_rows = nn.ModuleDict(
+            {
+                t.name: _TaskRows(full[base + k].repeat(len(stages), 1))
+                for k, t in enumerate(self.tasks[base:])
+            }
         )
         self.out_features = flat_width(feats[-1])
         self.heads = nn.ModuleDict({t.name: t.make_head(self.out_features) for t in self.tasks})
@@ -98,9 +160,13 @@ class CrossStitch(MultiTaskModel):
         h0 = self.prep(x)
         names = self.task_names
         feats = [h0] * len(names)
+        added = self._added_names()
         for j, unit in enumerate(self.units):
             feats = [self.columns[t][j](f) for t, f in zip(names, feats, strict=True)]
-            feats = unit(feats)
+            if added:
+                feats = unit(feats, torch.stack([self.added_rows[t].weight[j] for t in added]))
+            else:
+                feats = unit(feats)
         b = batch_len(x)
         return torch.cat([f.reshape(b, -1) for f in feats], dim=1)
 
@@ -112,11 +178,59 @@ class CrossStitch(MultiTaskModel):
         return [self.prep, self.units]
 
     def task_modules(self, task: str) -> list[nn.Module]:
-        return [self.columns[task], self.heads[task]]
+        own = [self.columns[task], self.heads[task]]
+        return [*own, self.added_rows[task]] if task in self.added_rows else own
 
     def mixing_matrices(self) -> list[Tensor]:
         """The current ``T x T`` matrix of every unit (rows: receiving task), detached."""
-        return [u.weight.detach().clone() for u in self.units]
+        added = self._added_names()
+        mats = []
+        for j, unit in enumerate(self.units):
+            m = unit.weight.detach()
+            if unit.to_added is not None:
+                rows = torch.stack([self.added_rows[t].weight[j].detach() for t in added])
+                m = torch.cat([torch.cat([m, unit.to_added.detach()], dim=1), rows])
+            mats.append(m.clone())
+        return mats
+
+    def _added_names(self) -> list[str]:
+        return self.task_names[len(self.tasks) - self.added_tasks :] if self.added_tasks else []
+
+    @torch.no_grad()
+    def start_added_tasks(self, source: str) -> list[str]:
+        """Start every added task as a copy of trained task ``source``'s path; old tasks untouched.
+
+        Called once the trained tensors are in place. An added task gets a copy of ``source``'s
+        column and, in every unit, ``source``'s row with the self weight moved from ``source``'s
+        column to its own; the old tasks' weights on the added columns (``to_added``) are zero.
+        Then the added task's stitched features equal ``source``'s at every stage (exact in
+        real arithmetic; the sums run over more terms, so in floating point to rounding), and the
+        old tasks' outputs are bit for bit unchanged. Why a copy of one trained path rather than
+        a mean of the columns: a copy is a path the trained units were fitted to, and columns that
+        were re-initialised (``reinit_columns``) or drifted apart do not average into one.
+
+        Returns the state keys of shared tensors that exist for the added tasks only (whose
+        values it set), so that a caller can check that nothing else was left untrained.
+        """
+        if not self.added_tasks:
+            return []
+        old = self.task_names[: len(self.tasks) - self.added_tasks]
+        if source not in old:
+            raise ValueError(f"cross_stitch: source task {source!r} is not one of the trained {old}")
+        s = old.index(source)
+        keys = []
+        for i, name in enumerate(self._added_names()):
+            self.columns[name].load_state_dict(copy.deepcopy(self.columns[source].state_dict()))
+            for j, unit in enumerate(self.units):
+                row = unit.weight.new_zeros(len(self.tasks))
+                row[: len(old)] = unit.weight[s]
+                row[s], row[len(old) + i] = 0.0, unit.weight[s, s]
+                self.added_rows[name].weight[j].copy_(row)
+        for j, unit in enumerate(self.units):
+            assert unit.to_added is not None
+            unit.to_added.zero_()
+            keys.append(f"units.{j}.to_added")
+        return keys
 
 
 @register_architecture(

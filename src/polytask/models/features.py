@@ -11,6 +11,11 @@ features:
               sequence-level head reads it: ``"cls"`` (the first position, for encoders that put a
               summary token there) or ``"mean"`` (over positions whose features are not all zero:
               encoders zero the padded positions, so no mask has to travel beside the features).
+              ``summary_positions`` counts the leading positions the trunk adds in front of the
+              input's tokens (the built-in transformer's CLS: 1): a token-level head skips them,
+              so its output has exactly one position per input token and the labels align with
+              the tokens the user gave. A trunk whose ids already hold their special tokens (a
+              Hugging Face tokenizer's ``[CLS]``) adds none: 0.
 
 Why a declared spec rather than shape sniffing at every forward: heads are built once, before any
 training, and a trunk whose output cannot feed a task's head must fail *then*, naming both.
@@ -34,12 +39,14 @@ _NDIM = {"vector": 2, "sequence": 3, "map": 4}
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """The trunk's output: its kind, width (channels) and, for maps, stride; for sequences, pooling."""
+    """The trunk's output: its kind, width (channels) and, for maps, stride; for sequences, pooling
+    and the summary positions it prepends to the tokens (see the module docstring)."""
 
     kind: FeatureKind
     channels: int
     stride: int = 1
     pooling: Literal["mean", "cls"] = "mean"
+    summary_positions: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in _NDIM:
@@ -48,6 +55,11 @@ class FeatureSpec:
             raise ValueError(f"feature spec needs channels >= 1 and stride >= 1, got {self}")
         if self.pooling not in ("mean", "cls"):
             raise ValueError(f"sequence pooling must be 'mean' or 'cls', got {self.pooling!r}")
+        if self.summary_positions < 0 or (self.summary_positions and self.kind != "sequence"):
+            raise ValueError(
+                "summary_positions (leading positions a trunk adds before the tokens) must be "
+                f">= 0 and belongs to sequence features only, got {self}"
+            )
 
     @property
     def ndim(self) -> int:

@@ -7,7 +7,8 @@ task layout        vector ``[B, D]``                                 map ``[B, C
 ``sample``         linear                                            pool (mean / CLS), then linear
 ``dense``          refused                                           map: upsampling decoder
                                                                      (:class:`DenseDecoder`)
-``token``          refused                                           sequence: linear per position
+``token``          refused                                           sequence: linear per token
+                                                                     (summary positions skipped)
 ``boxes``          refused                                           map: detection head
                                                                      (:class:`DetectionHead`)
 =================  ================================================  ==============================
@@ -63,14 +64,25 @@ class PooledHead(nn.Module):
 
 
 class TokenHead(nn.Module):
-    """One prediction per position of a sequence ``[B, L, D] -> [B, L, out]``."""
+    """One prediction per input token: ``[B, S + L, D] -> [B, L, out]``.
+
+    ``S`` is the spec's ``summary_positions``: positions the trunk prepends to the tokens (the
+    built-in transformer's CLS). They summarise the sequence for sequence-level heads and belong
+    to no token, so they are skipped here: the output then has one position per token id the user
+    gave, and token labels are written for their own tokens, without a placeholder for the CLS.
+    The summary position still feeds every token's prediction through attention.
+    """
 
     def __init__(self, spec: FeatureSpec, out_features: int) -> None:
         super().__init__()
+        self.skip = spec.summary_positions
         self.linear = nn.Linear(spec.channels, out_features)
 
     def forward(self, features: Tensor) -> Tensor:
-        return self.linear(features)
+        return self.linear(features[:, self.skip :])
+
+    def extra_repr(self) -> str:
+        return f"skip={self.skip}" if self.skip else ""
 
 
 class DenseDecoder(nn.Module):

@@ -35,10 +35,23 @@ Ownership and the representation-level gradient
     the engine gives task-specific parameters the gradient of the *sum* of the present losses; with
     several levels, task ``k``'s lower experts reach the other tasks through the shared gates, so
     they receive those tasks' (unweighted) gradients too.
+
+Tasks added to a trained model (``added_tasks``, used by :mod:`polytask.lifecycle.extend`)
+    The last ``added_tasks`` tasks were added after training. Each gets what every task has (its
+    own experts at every level, its own gates, its head); the shared gates keep mixing the experts
+    they were trained on (the shared experts and the *old* tasks' experts) and do not read the
+    added tasks' experts. Why: a softmax over a larger set of experts cannot give the old experts
+    the same weights as before unless the new logits are minus infinity, so an exact "unchanged"
+    needs the added experts outside the shared gates; the old tasks' outputs are then bit for bit
+    those of the trained model. Added tasks' experts therefore feed only their own gates (as in
+    a single CGC level), also when the extension goes on to fine-tune the shared part.
+    :meth:`PLE.start_added_tasks` starts each added task as a copy of one trained task's experts
+    and gates, so its mixtures at the start equal that task's.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -81,6 +94,9 @@ class PLE(_GateRecorder, MultiTaskModel):
         gate_input, gate_stages: the level-0 gate input, as in :class:`~polytask.models.mmoe.MMoE`.
         stages_per_level: how many trunk stages each level takes (sums to the trunk's stages).
         reinit_experts: re-initialise every expert but the first shared expert of each level.
+        added_tasks: how many of the last tasks were added to a trained model (their experts are
+            outside the shared gates; see the module docstring); 0 for a model trained with all
+            its tasks from the start.
         example_input: a batch, to read the shapes (optional for ``MLP`` and ``SmallCNN``).
     """
 
@@ -98,12 +114,18 @@ class PLE(_GateRecorder, MultiTaskModel):
         gate_stages: int = 1,
         stages_per_level: Sequence[int] | None = None,
         reinit_experts: bool = True,
+        added_tasks: int = 0,
         example_input: Inputs | None = None,
     ) -> None:
         super().__init__()
         arch = self.arch_name
         if not tasks:
             raise ValueError("a multi-task model needs at least one task")
+        if not 0 <= added_tasks < len(tasks):
+            raise ValueError(
+                f"{arch}: added_tasks must be in [0, {len(tasks) - 1}] for {len(tasks)} tasks "
+                f"(at least one task was trained first), got {added_tasks}"
+            )
         if num_levels < 1:
             raise ValueError(f"{arch}: num_levels must be >= 1, got {num_levels}")
         if num_shared_experts < 1 or num_task_experts < 0:
@@ -116,6 +138,7 @@ class PLE(_GateRecorder, MultiTaskModel):
         self.num_levels = int(num_levels)
         self.num_shared = int(num_shared_experts)
         self.num_task = int(num_task_experts)
+        self.added_tasks = int(added_tasks)
         self.supports_representation_grad = self.num_levels == 1
         ex = example_batch(trunk, example_input, arch)
         names = self.task_names
@@ -159,7 +182,8 @@ class PLE(_GateRecorder, MultiTaskModel):
             self.stages_per_level = groups
 
         self.gate_features, gate_width = build_gate_input(trunk, gate_input, gate_stages, ex, arch)
-        n_all = self.num_shared + len(names) * self.num_task
+        # what a shared gate mixes: the shared experts and the experts of the tasks trained first
+        n_all = self.num_shared + (len(names) - self.added_tasks) * self.num_task
         self.shared_experts = nn.ModuleList(
             nn.ModuleList(
                 clone_module(tpl, reinit_experts and i > 0) for i in range(self.num_shared)
@@ -230,7 +254,7 @@ class PLE(_GateRecorder, MultiTaskModel):
                 for t in self.task_names
             }
             if level < self.num_levels - 1:
-                everything = shared_out + [o for t in self.task_names for o in task_out[t]]
+                everything = shared_out + [o for t in self._gated_names() for o in task_out[t]]
                 w = torch.softmax(self.shared_gates[level](g_shared), dim=-1)
                 shared_in = mix(w, everything)
             task_in = new_task_in
@@ -282,6 +306,31 @@ class PLE(_GateRecorder, MultiTaskModel):
         names = [f"shared{i}" for i in range(self.num_shared)]
         return names + [f"{t}{i}" for t in self.task_names for i in range(self.num_task)]
 
+    def _gated_names(self) -> list[str]:
+        """The tasks whose experts the shared gates mix: those trained before any was added."""
+        return self.task_names[: len(self.tasks) - self.added_tasks]
+
+    @torch.no_grad()
+    def start_added_tasks(self, source: str) -> list[str]:
+        """Start every added task as a copy of trained task ``source``'s experts and gates.
+
+        Called once the trained tensors are in place; the old tasks are not touched (their
+        outputs stay bit for bit the same). An added task's mixture at every level then equals
+        ``source``'s, and only its head starts fresh. Why a copy of one trained task rather than a
+        mean of the task experts: the task experts are re-initialised independently by default
+        (``reinit_experts``), so their parameters do not average into a working expert.
+
+        Returns the state keys of shared tensors that exist for the added tasks only: none, since
+        the shared gates do not read the added experts.
+        """
+        old = self._gated_names()
+        if self.added_tasks and source not in old:
+            raise ValueError(f"{self.arch_name}: source task {source!r} is not one of the trained {old}")
+        for name in self.task_names[len(old) :]:
+            for part in (self.task_experts, self.task_gates):
+                part[name].load_state_dict(copy.deepcopy(part[source].state_dict()))
+        return []
+
 
 class CGC(PLE):
     """Customized Gate Control: PLE with one extraction level; works with any trunk module."""
@@ -298,6 +347,7 @@ class CGC(PLE):
         gate_input: GateInputKind | nn.Module = "auto",
         gate_stages: int = 1,
         reinit_experts: bool = True,
+        added_tasks: int = 0,
         example_input: Inputs | None = None,
     ) -> None:
         super().__init__(
@@ -309,6 +359,7 @@ class CGC(PLE):
             gate_input=gate_input,
             gate_stages=gate_stages,
             reinit_experts=reinit_experts,
+            added_tasks=added_tasks,
             example_input=example_input,
         )
 

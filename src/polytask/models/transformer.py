@@ -3,8 +3,10 @@
 Input: token ids ``[B, L]`` (integer dtype, pad id 0, padding anywhere but normally at the end, as
 :class:`~polytask.data.tokens.SmilesTokenizer` writes it). Output: ``[B, L + 1, D]``: position 0 is
 a learned CLS token prepended to every sequence, positions ``1..L`` the tokens; padded positions are
-exactly zero. The feature spec is ``sequence`` with pooling ``"cls"``: a sequence-level head reads
-position 0, which attends to every real token.
+exactly zero. The feature spec is ``sequence`` with pooling ``"cls"`` and one summary position: a
+sequence-level head reads position 0, which attends to every real token, and a token-level head
+(:class:`~polytask.models.heads.TokenHead`) skips it, so token tasks see exactly the ``L`` token
+positions and their labels are ``[B, L]``, one per token id.
 
 Why a CLS token: it is a summary the encoder learns to fill, and it also guarantees every sequence
 has at least one position to attend to, so an all-padding input (an empty string) still gives finite
@@ -154,7 +156,7 @@ class TransformerEncoderTrunk(StagedTrunk):
             stages.append(EncoderStage(layer, nn.LayerNorm(width) if i == depth - 1 else None))
         self.stages = nn.ModuleList(stages)
         self.stage_widths = [width] * (depth + 1)
-        self.feature_spec = FeatureSpec("sequence", width, pooling="cls")
+        self.feature_spec = FeatureSpec("sequence", width, pooling="cls", summary_positions=1)
         if freeze is not None:
             freeze_stages(self, freeze)
 
@@ -190,5 +192,6 @@ class TransformerEncoderTrunk(StagedTrunk):
 register_trunk(
     "transformer",
     "Transformer encoder over token ids [B, L] (pad 0) with a CLS token; sequence [B, L+1, D] "
+    "(CLS first: pooled by sequence tasks, skipped by token tasks, whose labels are [B, L]) "
     "(options: vocab_size, width, depth, heads, max_len, dropout, ff_mult, freeze)",
 )(TransformerEncoderTrunk)

@@ -85,22 +85,31 @@ class Table:
     marked: frozenset[int] = frozenset()  # row indices drawn highlighted (a chosen candidate)
 
 
-@dataclass(frozen=True)
-class Figure:
-    kind: ClassVar[str] = "figure"
-    spec: FigureSpec
+@dataclass(frozen=True, kw_only=True)
+class _Captioned:
+    """What every picture block carries: alt text for readers who cannot see it, and a caption.
+
+    Keyword-only, so each picture's own content stays its first positional field.
+    """
+
     alt: str
     caption: str = ""
 
 
 @dataclass(frozen=True)
-class Image:
+class Figure(_Captioned):
+    """A figure spec, drawn with plotly (interactive report) or as a PNG (``--static``)."""
+
+    kind: ClassVar[str] = "figure"
+    spec: FigureSpec
+
+
+@dataclass(frozen=True)
+class Image(_Captioned):
     """A PNG kept as an image in every mode (dense predictions beside their truth)."""
 
     kind: ClassVar[str] = "image"
     png: bytes
-    alt: str
-    caption: str = ""
 
 
 @dataclass(frozen=True)
@@ -147,7 +156,7 @@ class Page:
         self.blocks.append(Text(text))
 
     def figure(self, spec: FigureSpec, alt: str, caption: str = "") -> None:
-        self.blocks.append(Figure(spec, alt, caption))
+        self.blocks.append(Figure(spec, alt=alt, caption=caption))
 
     def toc(self) -> list[Heading]:
         """Levels 2 and 3 (deeper ones are run details)."""

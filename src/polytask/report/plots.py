@@ -41,9 +41,13 @@ __all__ = [
     "dense_samples",
     "heatmap",
     "histogram",
+    "key_colors",
     "line_panels",
     "line_plot",
+    "new_figure",
     "render_png",
+    "set_margins",
+    "to_png",
 ]
 
 Series = figures.Series
@@ -56,13 +60,18 @@ _PANEL_H = 3.2
 _MANY_LEGEND_ENTRIES = 6
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """A figure of ``width`` x ``height`` inches on its own Agg canvas, outside pyplot.
+
+    Public so that other figure code (the benchmark suite's report) draws its figures the same
+    way: headless, without touching the process-wide backend, with nothing left registered.
+    """
     fig = Figure(figsize=(width, height), dpi=_DPI)
     FigureCanvasAgg(fig)
     return fig
 
 
-def _margins(
+def set_margins(
     fig: Figure,
     *,
     left: float = 0.75,
@@ -74,7 +83,12 @@ def _margins(
     rows: int = 1,
     cols: int = 1,
 ) -> None:
-    """Margins and gaps in inches, converted to the fractions ``subplots_adjust`` wants."""
+    """Margins and gaps in inches, converted to the fractions ``subplots_adjust`` wants.
+
+    Inches rather than fractions because tick labels need the same room whatever the figure's
+    size; ``rows`` / ``cols`` give the panel grid the gaps are measured between (one axes: the
+    gaps do not matter).
+    """
     width, height = fig.get_size_inches()
     panel_w = max(0.5, (width - left - right - wspace * (cols - 1)) / cols)
     panel_h = max(0.5, (height - top - bottom - hspace * (rows - 1)) / rows)
@@ -92,7 +106,11 @@ def _text_inches(labels: Sequence[str], per_char: float = 0.075) -> float:
     return per_char * max((len(str(label)) for label in labels), default=0)
 
 
-def _to_png(fig: Figure) -> bytes:
+def to_png(fig: Figure) -> bytes:
+    """The figure as PNG bytes, then cleared: its artists are released at once.
+
+    No ``Software`` metadata: the bytes do not change with the matplotlib version that drew them.
+    """
     buffer = io.BytesIO()
     try:
         fig.savefig(buffer, format="png", dpi=_DPI, metadata={"Software": None})
@@ -101,7 +119,7 @@ def _to_png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def _colors(keys: Sequence[str]) -> dict[str, tuple[float, float, float, float]]:
+def key_colors(keys: Sequence[str]) -> dict[str, tuple[float, float, float, float]]:
     """A stable colour per key in first-appearance order: a key looks the same in every panel."""
     unique = list(dict.fromkeys(keys))
     cmap = colormaps["tab10" if len(unique) <= 10 else "tab20"]
@@ -172,20 +190,28 @@ def line_plot(
     ``raw`` is for a noisy signal shown with its smoothed version in ``series`` (task weights per
     step under their rolling mean). ``vline`` marks an x position, e.g. the selected epoch.
     """
-    fig = _new_figure(8.0, 4.0)
-    _margins(fig, top=0.4)
+    fig = new_figure(8.0, 4.0)
+    set_margins(fig, top=0.4)
     ax = fig.add_subplot()
-    colors = _colors([*series, *(raw or {})])
+    colors = key_colors([*series, *(raw or {})])
     _draw_lines(ax, series, colors, raw=raw, vline=vline, vline_label=vline_label, markers=True)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    return _to_png(fig)
+    return to_png(fig)
 
 
 def _grid(n: int, ncols: int) -> tuple[int, int]:
     cols = max(1, min(ncols, n))
     return math.ceil(n / cols), cols
+
+
+def _named_axes(fig: Figure, names: Sequence[str], rows: int, cols: int) -> list[tuple[str, Axes]]:
+    """A ``rows`` x ``cols`` grid of axes paired with the panel names; the unused cells hidden."""
+    axes = list(fig.subplots(rows, cols, squeeze=False).flat)
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    return list(zip(names, axes, strict=False))
 
 
 def line_panels(
@@ -205,15 +231,10 @@ def line_panels(
     """
     names = list(panels) or [""]
     rows, cols = _grid(len(names), ncols)
-    fig = _new_figure(_PANEL_W * cols, _PANEL_H * rows + 0.4)
-    _margins(fig, top=0.75, rows=rows, cols=cols)
-    colors = _colors([key for series in panels.values() for key in series])
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        if i >= len(names):
-            ax.set_visible(False)
-            continue
-        name = names[i]
+    fig = new_figure(_PANEL_W * cols, _PANEL_H * rows + 0.4)
+    set_margins(fig, top=0.75, rows=rows, cols=cols)
+    colors = key_colors([key for series in panels.values() for key in series])
+    for name, ax in _named_axes(fig, names, rows, cols):
         _draw_lines(
             ax,
             panels.get(name, {}),
@@ -226,7 +247,7 @@ def line_panels(
         ax.set_xlabel(xlabel, fontsize="small")
         ax.set_ylabel((ylabels or {}).get(name, ""), fontsize="small")
     fig.suptitle(title)
-    return _to_png(fig)
+    return to_png(fig)
 
 
 def _draw_bars(
@@ -258,15 +279,15 @@ def _draw_bars(
 
 def bar_plot(values: Mapping[str, Mapping[str, float]], title: str, ylabel: str) -> bytes:
     """Grouped bar chart: ``values[group][series]``; groups on the x axis, one colour per series."""
-    fig = _new_figure(8.0, 4.0)
-    _margins(fig, top=0.4)
+    fig = new_figure(8.0, 4.0)
+    set_margins(fig, top=0.4)
     ax = fig.add_subplot()
     series = [s for group in values.values() for s in group]
-    _draw_bars(ax, values, _colors(series))
+    _draw_bars(ax, values, key_colors(series))
     ax.set_title(title)
     ax.set_ylabel(ylabel)
     _legend(ax, len(set(series)))
-    return _to_png(fig)
+    return to_png(fig)
 
 
 def bar_panels(
@@ -284,16 +305,11 @@ def bar_panels(
     names = list(panels) or [""]
     rows, cols = _grid(len(names), ncols)
     bars = [b for panel in panels.values() for b in panel]
-    colors = _colors(bars)
+    colors = key_colors(bars)
     label_h = 0.15 + 0.75 * _text_inches(list(colors), per_char=0.07)  # 45° tick labels
-    fig = _new_figure(_PANEL_W * cols, (_PANEL_H + label_h) * rows + 0.4)
-    _margins(fig, top=0.75, bottom=label_h + 0.2, hspace=label_h + 0.5, rows=rows, cols=cols)
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        if i >= len(names):
-            ax.set_visible(False)
-            continue
-        name = names[i]
+    fig = new_figure(_PANEL_W * cols, (_PANEL_H + label_h) * rows + 0.4)
+    set_margins(fig, top=0.75, bottom=label_h + 0.2, hspace=label_h + 0.5, rows=rows, cols=cols)
+    for name, ax in _named_axes(fig, names, rows, cols):
         panel = {
             b: v for b, v in panels.get(name, {}).items() if v is not None and math.isfinite(v)
         }
@@ -307,7 +323,7 @@ def bar_panels(
         ax.set_title(name, fontsize="medium")
         ax.set_ylabel((ylabels or {}).get(name, ""), fontsize="small")
     fig.suptitle(title)
-    return _to_png(fig)
+    return to_png(fig)
 
 
 def histogram(
@@ -326,8 +342,8 @@ def histogram(
     """
     clean = {k: [float(v) for v in vs if math.isfinite(v)] for k, vs in values.items()}
     clean = {k: vs for k, vs in clean.items() if vs}
-    fig = _new_figure(8.0, 4.0)
-    _margins(fig, top=0.4)
+    fig = new_figure(8.0, 4.0)
+    set_margins(fig, top=0.4)
     ax = fig.add_subplot()
     if not clean:
         _no_data(ax)
@@ -335,7 +351,7 @@ def histogram(
         lo = min(min(vs) for vs in clean.values())
         hi = max(max(vs) for vs in clean.values())
         edges = [lo + (hi - lo) * i / bins for i in range(bins + 1)] if hi > lo else bins
-        colors = _colors(list(clean))
+        colors = key_colors(list(clean))
         for name, vs in clean.items():
             ax.hist(vs, bins=edges, histtype="step", linewidth=1.5, label=name, color=colors[name])
         ax.grid(True, axis="y", alpha=0.3)
@@ -344,7 +360,7 @@ def histogram(
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    return _to_png(fig)
+    return to_png(fig)
 
 
 def heatmap(
@@ -370,8 +386,8 @@ def heatmap(
         )
     left = 0.55 + _text_inches(row_labels) + (0.3 if ylabel else 0.0)
     width = min(16.0, left + 1.6 + 0.7 * max(n_cols, 1))
-    fig = _new_figure(width, min(12.0, 1.6 + 0.45 * max(n_rows, 1)))
-    _margins(fig, left=left, right=0.3, top=0.4, bottom=0.6 if xlabel else 0.4)
+    fig = new_figure(width, min(12.0, 1.6 + 0.45 * max(n_rows, 1)))
+    set_margins(fig, left=left, right=0.3, top=0.4, bottom=0.6 if xlabel else 0.4)
     ax = fig.add_subplot()
     if n_rows == 0 or n_cols == 0:
         _no_data(ax)
@@ -410,7 +426,7 @@ def heatmap(
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    return _to_png(fig)
+    return to_png(fig)
 
 
 def _dense_panel(ax: Axes, values: Any, task: Mapping[str, Any], scale: tuple[float, float]) -> None:
@@ -497,12 +513,12 @@ def dense_samples(
     n = min(len(tasks[name]["truth"]) for name in names) if names else 0
     cols = (image is not None) + 2 * len(names)
     if n == 0 or cols == 0:
-        fig = _new_figure(_PANEL_W, 1.5)
+        fig = new_figure(_PANEL_W, 1.5)
         _no_data(fig.add_subplot())
-        return _to_png(fig), skipped
+        return to_png(fig), skipped
     side = 1.35
-    fig = _new_figure(0.3 + side * cols, 0.85 + side * n)
-    _margins(fig, left=0.15, right=0.15, top=0.75, bottom=0.1, wspace=0.08, hspace=0.08,
+    fig = new_figure(0.3 + side * cols, 0.85 + side * n)
+    set_margins(fig, left=0.15, right=0.15, top=0.75, bottom=0.1, wspace=0.08, hspace=0.08,
              rows=n, cols=cols)
     axes = fig.subplots(n, cols, squeeze=False)
     scales = {}
@@ -536,7 +552,7 @@ def dense_samples(
     if image is not None:
         axes[0, 0].set_title("input", fontsize="small")
     fig.suptitle(title, fontsize="medium", y=1 - 0.12 / fig.get_size_inches()[1])
-    return _to_png(fig), skipped
+    return to_png(fig), skipped
 
 
 def render_png(spec: figures.FigureSpec) -> bytes:

@@ -204,6 +204,16 @@ def experiment_page(experiment: ExperimentData) -> Page:
     return page
 
 
+def _task_panel(task: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    """A task's name, primary metric, panel title and y label, for one panel per task.
+
+    One home for the title and label, so that a task's panels read alike in every figure.
+    """
+    name, metric = str(task["name"]), str(task.get("primary_metric", ""))
+    title = f"{name} ({metric})" if metric else name
+    return name, metric, title, metric + _direction(task.get("higher_is_better"))
+
+
 def _validation_by_run(page: Page, experiment: ExperimentData) -> None:
     """Each task's primary validation metric per epoch, one line per run (few tasks only)."""
     tasks = experiment.tasks
@@ -212,9 +222,8 @@ def _validation_by_run(page: Page, experiment: ExperimentData) -> None:
     panels: dict[str, dict[str, fig.Series]] = {}
     ylabels: dict[str, str] = {}
     for task in tasks:
-        name, metric = str(task["name"]), str(task.get("primary_metric", ""))
-        title = f"{name} ({metric})" if metric else name
-        ylabels[title] = metric + _direction(task.get("higher_is_better"))
+        name, metric, title, ylabel = _task_panel(task)
+        ylabels[title] = ylabel
         panels[title] = {}
         for label, run in zip(experiment.labels, experiment.runs, strict=True):
             if run is None or run.metrics is None:
@@ -245,9 +254,8 @@ def _primary_bars(
     panels: dict[str, dict[str, float]] = {}
     ylabels: dict[str, str] = {}
     for task in tasks:
-        name, metric = str(task["name"]), str(task.get("primary_metric", ""))
-        panel_name = f"{name} ({metric})" if metric else name
-        ylabels[panel_name] = metric + _direction(task.get("higher_is_better"))
+        name, metric, panel_name, ylabel = _task_panel(task)
+        ylabels[panel_name] = ylabel
         panels[panel_name] = {}
         for label, row in zip(labels, rows, strict=True):
             value = finite(row.get("test", {}).get(name, {}).get(metric))
@@ -445,11 +453,9 @@ def _run_sections(page: Page, run: RunData, *, level: int, prefix: str) -> None:
             final = Details(f"Per-task table ({len(names)} tasks)", [final])
     page.add(final)
 
-    best = run.best_epoch
-    vline_label = f"best epoch {best}" if best is not None else None
     if metrics is not None:
-        _loss_section(page, run, metrics, level, prefix, best, vline_label)
-        _val_section(page, run, metrics, level, prefix, best, vline_label)
+        _loss_section(page, run, metrics, level, prefix)
+        _val_section(page, run, metrics, level, prefix)
         _schedule_section(page, metrics, level, prefix)
     _dense_section(page, run, level, prefix)
     _weights_section(page, run, level, prefix)
@@ -627,14 +633,35 @@ def _stat_curve(frame: pd.DataFrame, stat: str) -> fig.Series:
     return ([float(x) for x in per_epoch.index], [float(y) for y in per_epoch.to_numpy()])
 
 
-def _loss_section(
+def _split_curves(frame: pd.DataFrame) -> dict[str, fig.Series]:
+    """One curve per split (``train``, ``val``) of ``frame``'s rows, in the order they appear."""
+    return {str(split): _curve(g) for split, g in frame.groupby("split", sort=False)}
+
+
+def _epoch_figure(
     page: Page,
     run: RunData,
-    metrics: pd.DataFrame,
-    level: int,
-    prefix: str,
-    best: int | None,
-    vline_label: str | None,
+    title: str,
+    panels: Mapping[str, Mapping[str, fig.Series]],
+    alt: str,
+    caption: str,
+    ylabels: Mapping[str, str] | None = None,
+) -> None:
+    """Per-epoch small multiples with the selected (best) epoch marked, when there is one.
+
+    One home for the marker so that the loss and validation figures always mark the same epoch.
+    """
+    best = run.best_epoch
+    page.figure(
+        fig.Lines(title, "epoch", panels, ylabels or {}, vline=best,
+                  vline_label=f"best epoch {best}" if best is not None else None),
+        alt,
+        caption,
+    )
+
+
+def _loss_section(
+    page: Page, run: RunData, metrics: pd.DataFrame, level: int, prefix: str
 ) -> None:
     losses = metrics[(metrics["metric"] == "loss") & (metrics["split"] != "test")]
     losses = losses.dropna(subset=["value"])
@@ -646,7 +673,7 @@ def _loss_section(
     total = losses[losses["task"] == ""]
     names = run.task_names()
     if not total.empty and len(names) != 1:  # one task: its loss is the total
-        panels["total"] = {split: _curve(g) for split, g in total.groupby("split", sort=False)}
+        panels["total"] = _split_curves(total)
     if len(names) > MANY_TASKS:
         per_task = losses[losses["task"].isin(names)]
         per_task = per_task.groupby(["split", "task", "epoch"])["value"].mean().reset_index()
@@ -669,24 +696,14 @@ def _loss_section(
         rows = losses[losses["task"] == task]
         if not rows.empty:
             title = f"{task} ({tag})" if tag else task
-            panels[title] = {split: _curve(g) for split, g in rows.groupby("split", sort=False)}
+            panels[title] = _split_curves(rows)
     if not panels and not total.empty:
-        panels["total"] = {split: _curve(g) for split, g in total.groupby("split", sort=False)}
-    page.figure(
-        fig.Lines("Loss per task", "epoch", panels, vline=best, vline_label=vline_label),
-        "loss curves per task",
-        caption,
-    )
+        panels["total"] = _split_curves(total)
+    _epoch_figure(page, run, "Loss per task", panels, "loss curves per task", caption)
 
 
 def _val_section(
-    page: Page,
-    run: RunData,
-    metrics: pd.DataFrame,
-    level: int,
-    prefix: str,
-    best: int | None,
-    vline_label: str | None,
+    page: Page, run: RunData, metrics: pd.DataFrame, level: int, prefix: str
 ) -> None:
     val = metrics[(metrics["split"] == "val") & (metrics["metric"] != "loss")]
     val = val.dropna(subset=["value"])
@@ -732,11 +749,8 @@ def _val_section(
         if many
         else "One panel per metric, one line per task; run-level values (Δm, selection score) last."
     )
-    page.figure(
-        fig.Lines("Validation metrics", "epoch", panels, ylabels, vline=best,
-                  vline_label=vline_label),
-        "validation metrics per epoch",
-        caption,
+    _epoch_figure(
+        page, run, "Validation metrics", panels, "validation metrics per epoch", caption, ylabels
     )
 
 
@@ -750,7 +764,7 @@ def _schedule_section(page: Page, metrics: pd.DataFrame, level: int, prefix: str
         return
     page.heading(level, "Learning rate and timing", f"{prefix}schedule")
     panels = {
-        str(metric): {str(split): _curve(g) for split, g in rows.groupby("split", sort=False)}
+        str(metric): _split_curves(rows)
         for metric, rows in run_level.groupby("metric", sort=False)
     }
     page.figure(
@@ -925,8 +939,8 @@ def _dense_section(page: Page, run: RunData, level: int, prefix: str) -> None:
     page.add(
         Image(
             png,
-            "input, truth and prediction of each dense task",
-            "The first validation samples, predicted by the selected model: each dense task's "
+            alt="input, truth and prediction of each dense task",
+            caption="The first validation samples, predicted by the selected model: each dense task's "
             "truth beside its prediction (grey: unlabelled pixels; classes keep one colour; a "
             "depth map's truth and prediction share one colour scale, and its prediction is shown "
             "where the truth is labelled; boxes: truth and predicted boxes with their scores).",

@@ -11,9 +11,14 @@ a misalignment is refused where it can first be seen, naming the task and the sa
   the ids, or a label on a padding position (the id ``pad_id``, option of the task, default 0,
   the built-in tokenizer's and transformer's; ``None`` turns this check off);
 * in the loss (any inputs): an output ``[B, L_out, C]`` whose ``L_out`` is not the labels' length.
-  A trunk that prepends a summary token (the built-in transformer's CLS) gives ``L + 1``
-  positions: the message says so (give the labels a leading ``ignore_index``), since dropping a
-  position silently could score every token against its neighbour's label.
+
+Token tasks see exactly the ``L`` token positions: a trunk that prepends a summary token (the
+built-in transformer's CLS) declares it in its feature spec (``summary_positions``) and the token
+head skips it, so labels are one per token id, never with a placeholder for the CLS. Labels with
+one position more than the tokens (a leading ``ignore_index`` for a CLS) are refused, naming both
+lengths, since reading them shifted could score every token against its neighbour's label; and an
+output with one position more than the labels (a task's own head, or a trunk that prepends a
+position without declaring it) is refused the same way.
 
 ``text_classification`` is ``multiclass`` on a sequence trunk: the same loss, metrics and numbers,
 with the sequence pooled (CLS or mean) by :class:`~polytask.models.heads.PooledHead`. It is its
@@ -38,6 +43,12 @@ if TYPE_CHECKING:
     from polytask.tasks import Task
 
 __all__ = ["TextClassificationKind", "TokenClassificationKind", "token_alignment_problem"]
+
+_NO_CLS_LABEL = (
+    "The labels have one position more than the tokens: token tasks see exactly the token "
+    "positions (a trunk's CLS summary position is skipped by the token head), so labels that "
+    "start with an ignore_index ({ignore}) written for a CLS position must drop it"
+)
 
 
 class TokenClassificationKind(KindSpec):
@@ -117,12 +128,16 @@ class TokenClassificationKind(KindSpec):
         labelled = self.label_mask(task, target)
         beyond = labelled[:, positions:].any(dim=1) if length > positions else labelled.any(1)
         sample = int(beyond.nonzero()[0, 0]) if bool(beyond.any()) else 0
-        hint = (
-            " The trunk gives one position more than there are labels: it prepends a summary "
-            "token (the built-in transformer's CLS at position 0); give every sample's labels a "
-            f"leading ignore_index ({task.ignore_index})."
-            if positions == length + 1 else ""
-        )
+        hint = ""
+        if positions == length + 1:
+            hint = (
+                " The output has one position more than there are labels: a trunk that prepends "
+                "a summary token (a CLS) declares it in its feature spec (summary_positions=1) so "
+                "that the token head skips it; a task's own head gets the features as they are "
+                "and must skip it itself."
+            )
+        elif length == positions + 1:
+            hint = f" {_NO_CLS_LABEL.format(ignore=task.ignore_index)}."
         raise LabelError(
             f"task {task.name!r}: token labels of shape {list(target.shape)} do not align with "
             f"the head's output {list(output.shape)}: sample {sample} has {length} label "
@@ -189,11 +204,13 @@ def token_alignment_problem(
     if labels.ndim != 2 or labels.shape[0] != ids.shape[0]:
         return None  # not token labels at all: the kind's validate_targets says what is wrong
     if labels.shape[1] != ids.shape[1]:
+        extra = labels.shape[1] == ids.shape[1] + 1
         return (
             f"task {task.name!r}: token labels do not align with the tokens: sample {names[0]} "
             f"has {labels.shape[1]} labels for {ids.shape[1]} token ids (every sample of this "
             "batch alike); give one label per token id, ignore_index "
             f"({task.ignore_index}) where a token has none"
+            + (f". {_NO_CLS_LABEL.format(ignore=task.ignore_index)}" if extra else "")
         )
     pad = task.kind_spec.option(task, "pad_id") if "pad_id" in task.kind_spec.option_defaults else None
     if pad is None:
