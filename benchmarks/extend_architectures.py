@@ -21,6 +21,7 @@ import argparse
 import json
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,9 @@ import yaml
 
 from polytask.config import parse_config
 from polytask.experiment import run_experiment
-from polytask.lifecycle.extend import extend_run
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from extend_tox21 import extended_rows  # a sibling benchmark script, not the package
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = (("frozen", False), ("finetune", True))
@@ -83,14 +86,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             print(f"{arch} seed {seed}: base runs {time.perf_counter() - t0:.0f} s", flush=True)
             for mode, keep in MODES:
                 target = args.out / f"{arch}-{mode}{'-keep' if keep else ''}-seed{seed}"
-                if (target / "extend.json").exists():
-                    rows = json.loads((target / "extend.json").read_text())["rows"]
-                else:
-                    t0 = time.perf_counter()
-                    rows = extend_run(run8, parse_config(add4), target, mode=mode, keep_old=keep,
-                                      log=lambda m: None).rows  # fmt: skip
-                    print(f"{arch} seed {seed}: {mode} keep_old={keep} "
-                          f"{time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
+                rows = extended_rows(run8, add4, target, mode, keep, f"{arch} seed {seed}")
                 records.append({"arch": arch, "seed": seed, "mode": mode, "keep_old": keep,
                                 **_record(rows, joint)})  # fmt: skip
     return records

@@ -56,6 +56,18 @@ def _mean(values: list[float]) -> float:
     return statistics.fmean(values)
 
 
+def extended_rows(run: Path, add: dict[str, Any], target: Path, mode: str, keep: bool,
+                  label: str) -> list[dict[str, Any]]:
+    """``extend_run``'s comparison rows, read back from ``target`` when a previous call finished."""
+    if (target / "extend.json").exists():
+        return json.loads((target / "extend.json").read_text())["rows"]
+    t0 = time.perf_counter()
+    rows = extend_run(run, parse_config(add), target, mode=mode, keep_old=keep,
+                      log=lambda m: None).rows  # fmt: skip
+    print(f"{label}: {mode} keep_old={keep} in {time.perf_counter() - t0:.0f} s", flush=True)
+    return rows
+
+
 def part_a(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
     records = []
     for seed in args.seeds:
@@ -71,14 +83,7 @@ def part_a(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
         print(f"seed {seed}: base runs in {time.perf_counter() - t0:.0f} s", flush=True)
         for mode, keep in args.modes:
             target = out / f"extended-{mode}{'-keep' if keep else ''}-seed{seed}"
-            if (target / "extend.json").exists():
-                rows = json.loads((target / "extend.json").read_text())["rows"]
-            else:
-                t0 = time.perf_counter()
-                rows = extend_run(run8, parse_config(add4), target, mode=mode, keep_old=keep,
-                                  log=lambda m: None).rows  # fmt: skip
-                print(f"seed {seed}: {mode} keep_old={keep} in {time.perf_counter() - t0:.0f} s",
-                      flush=True)  # fmt: skip
+            rows = extended_rows(run8, add4, target, mode, keep, f"seed {seed}")
             old = [r for r in rows if r["group"] == "old"]
             new = [r for r in rows if r["group"] == "new"]
             records.append({
